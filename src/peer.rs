@@ -1,0 +1,178 @@
+//! Peers as entities: who is in the room, and what game code hears about them.
+//!
+//! Every remote peer with an open link has an entity carrying [`Peer`],
+//! [`PeerLink`] and [`PeerStats`]. The entity appears when the link opens
+//! ([`PeerLink::Handshaking`]), becomes [`PeerLink::Connected`] once both sides agree on
+//! the protocol and the registered sync types (then [`PeerJoined`] is written), and is
+//! despawned when the link closes (then [`PeerLeft`] is written). A peer whose
+//! handshake does not match stays [`PeerLink::Rejected`] until it leaves, and all its
+//! traffic is dropped.
+
+use std::fmt;
+
+use bevy::platform::collections::HashMap;
+use bevy::prelude::*;
+
+/// A peer's id in the room, as the signaling server assigned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u128);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_u128(self.0).hyphenated(), f)
+    }
+}
+
+impl From<matchbox_socket::PeerId> for PeerId {
+    fn from(id: matchbox_socket::PeerId) -> Self {
+        Self(id.0.as_u128())
+    }
+}
+
+impl From<PeerId> for matchbox_socket::PeerId {
+    fn from(id: PeerId) -> Self {
+        matchbox_socket::PeerId(uuid::Uuid::from_u128(id.0))
+    }
+}
+
+/// A remote peer. Lives on the peer's entity.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+#[require(PeerLink, crate::stats::PeerStats)]
+pub struct Peer {
+    /// The peer's id.
+    pub id: PeerId,
+}
+
+/// Where the link to a remote peer stands.
+#[derive(Component, Debug, Clone, PartialEq, Eq, Default)]
+pub enum PeerLink {
+    /// Data channels are open; waiting for the peer's hello.
+    #[default]
+    Handshaking,
+    /// Handshake done; state flows both ways.
+    Connected,
+    /// Handshake refused; everything from this peer is dropped.
+    Rejected(RejectReason),
+}
+
+/// Why a peer was refused at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The peer speaks another wire protocol version.
+    ProtocolVersion {
+        /// Ours.
+        ours: u8,
+        /// Theirs.
+        theirs: u8,
+    },
+    /// The peer registered other sync types, or the same ones in another order.
+    Schema {
+        /// Types we registered that the peer did not (or not at the same place).
+        only_ours: Vec<String>,
+        /// Types the peer registered that we did not (or not at the same place).
+        only_theirs: Vec<String>,
+    },
+    /// The hello itself was malformed.
+    Malformed(String),
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ProtocolVersion { ours, theirs } => {
+                write!(
+                    f,
+                    "peer speaks protocol `{theirs}`, this build speaks `{ours}`: run the same bevy_peer_sync version"
+                )
+            }
+            Self::Schema {
+                only_ours,
+                only_theirs,
+            } => write!(
+                f,
+                "registered sync types differ (order counts): only here `{only_ours:?}`, only on the peer `{only_theirs:?}`; register the same types in the same order on every build"
+            ),
+            Self::Malformed(reason) => write!(f, "malformed hello: {reason}"),
+        }
+    }
+}
+
+/// The local peer.
+#[derive(Resource, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalPeer {
+    id: Option<PeerId>,
+}
+
+impl LocalPeer {
+    /// The local id, once the room assigned one.
+    pub fn id(&self) -> Option<PeerId> {
+        self.id
+    }
+
+    pub(crate) fn set(&mut self, id: PeerId) {
+        self.id = Some(id);
+    }
+}
+
+/// Looks up a remote peer's entity by id.
+#[derive(Resource, Debug, Default)]
+pub struct Peers {
+    entities: HashMap<PeerId, Entity>,
+}
+
+impl Peers {
+    /// The entity of a remote peer, if its link is open.
+    pub fn entity(&self, peer: PeerId) -> Option<Entity> {
+        self.entities.get(&peer).copied()
+    }
+
+    /// Ids of every remote peer with an open link (in any handshake state).
+    pub fn ids(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.entities.keys().copied()
+    }
+
+    /// How many remote peers have an open link.
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Whether no remote peer has an open link.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    pub(crate) fn insert(&mut self, peer: PeerId, entity: Entity) {
+        self.entities.insert(peer, entity);
+    }
+
+    pub(crate) fn remove(&mut self, peer: PeerId) -> Option<Entity> {
+        self.entities.remove(&peer)
+    }
+}
+
+/// A remote peer finished its handshake: state now flows both ways.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerJoined {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its entity.
+    pub entity: Entity,
+}
+
+/// A remote peer's link closed. Its entity has been despawned.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLeft {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether it had finished its handshake.
+    pub was_connected: bool,
+}
+
+/// A remote peer was refused at the handshake.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct PeerRejected {
+    /// The peer.
+    pub peer: PeerId,
+    /// Why.
+    pub reason: RejectReason,
+}

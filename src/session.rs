@@ -1,0 +1,447 @@
+//! The session with each remote peer: the handshake, decoding and routing of what
+//! arrives, encoding, fragmenting and fanning out what leaves, pings for round-trip
+//! time, and the per-peer counters.
+//!
+//! Game code talks to this module through two messages: write [`SendPayload`] to send
+//! your own bytes to peers on either channel, read [`PayloadReceived`] to get theirs.
+//! The crate's own routes (durable, transient, presence) use the same path.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bytes::Bytes;
+
+use crate::error::DecodeError;
+use crate::peer::{
+    LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
+};
+use crate::registry::SyncRegistry;
+use crate::stats::{DropReason, PeerStats};
+use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo};
+use crate::wire::{
+    self, Frame, Hello, MAX_DATAGRAM, Message, PROTOCOL_VERSION, Reassembler, WireLimits,
+};
+
+/// Settings of the session layer.
+#[derive(Resource, Debug, Clone)]
+pub struct SessionConfig {
+    /// Limits applied to what peers send.
+    pub limits: WireLimits,
+    /// How often each connected peer is pinged for its round-trip time.
+    pub ping_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            limits: WireLimits::default(),
+            ping_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Who a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    /// Every connected peer.
+    All,
+    /// One peer.
+    Peer(PeerId),
+    /// Every connected peer but one.
+    AllExcept(PeerId),
+}
+
+impl Recipients {
+    fn includes(self, peer: PeerId) -> bool {
+        match self {
+            Recipients::All => true,
+            Recipients::Peer(p) => p == peer,
+            Recipients::AllExcept(p) => p != peer,
+        }
+    }
+}
+
+/// Write this to send application bytes to peers.
+///
+/// Reliable payloads of any size up to [`WireLimits::max_message_size`] are
+/// fragmented as needed; an unreliable payload must fit one datagram
+/// ([`wire::MAX_DATAGRAM`] minus the 2-byte header) and should stay under
+/// [`wire::SAFE_UNRELIABLE_SIZE`].
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct SendPayload {
+    /// Who receives it.
+    pub to: Recipients,
+    /// Which channel it travels on.
+    pub channel: Channel,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// Application bytes that arrived from a peer.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct PayloadReceived {
+    /// The sender.
+    pub from: PeerId,
+    /// The channel it came on.
+    pub channel: Channel,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// Messages the crate's routes queue for sending this frame.
+#[derive(Resource, Debug, Default)]
+pub(crate) struct Outbox {
+    queue: Vec<(Recipients, Channel, Message)>,
+}
+
+impl Outbox {
+    pub(crate) fn push(&mut self, to: Recipients, channel: Channel, message: Message) {
+        self.queue.push((to, channel, message));
+    }
+}
+
+/// Decoded messages waiting for the crate's routes, filled in
+/// [`crate::PeerSyncSystems::Receive`].
+#[derive(Resource, Debug, Default)]
+pub(crate) struct Inbox {
+    pub(crate) doc: Vec<(PeerId, Bytes)>,
+    pub(crate) transient: Vec<(PeerId, Bytes)>,
+    pub(crate) presence: Vec<(PeerId, Channel, Bytes)>,
+}
+
+/// Session-wide state and counters.
+#[derive(Resource, Debug, Default)]
+pub struct SessionState {
+    next_message_id: u32,
+    next_nonce: u32,
+    last_ping: Option<Duration>,
+    /// Datagrams from peers with no open link (a late packet after a leave, or a
+    /// backend that misbehaves).
+    pub from_unknown_peers: u64,
+}
+
+/// Per-peer receive state that game code has no use for.
+#[derive(Component, Debug, Default)]
+pub(crate) struct Inbound {
+    reassembler: Reassembler,
+    pings: VecDeque<(u32, Duration)>,
+}
+
+/// Opens and closes peer entities as the backend reports links.
+pub(crate) fn handle_link_events(
+    mut commands: Commands,
+    mut io: ResMut<TransportIo>,
+    mut local: ResMut<LocalPeer>,
+    mut peers: ResMut<Peers>,
+    registry: Res<SyncRegistry>,
+    links: Query<&PeerLink>,
+    mut left: MessageWriter<PeerLeft>,
+) {
+    if let Some(id) = io.local_id()
+        && local.id() != Some(id)
+    {
+        local.set(id);
+    }
+    let mut events: Vec<LinkEvent> = io.drain_link_events().collect();
+    if matches!(io.status(), BackendStatus::Closed(_)) {
+        // The backend is gone: so is every link it carried.
+        events.extend(peers.ids().map(LinkEvent::Disconnected));
+    }
+    for event in events {
+        match event {
+            LinkEvent::Connected(peer) => {
+                if peers.entity(peer).is_some() {
+                    continue;
+                }
+                let entity = commands.spawn((Peer { id: peer }, Inbound::default())).id();
+                peers.insert(peer, entity);
+                debug!("link to peer `{peer}` open, sending hello");
+                send_hello(&mut io, &registry, peer);
+            }
+            LinkEvent::Disconnected(peer) => {
+                let Some(entity) = peers.remove(peer) else {
+                    continue;
+                };
+                let was_connected = links.get(entity).is_ok_and(|l| *l == PeerLink::Connected);
+                commands.entity(entity).despawn();
+                debug!("link to peer `{peer}` closed");
+                left.write(PeerLeft {
+                    peer,
+                    was_connected,
+                });
+            }
+        }
+    }
+}
+
+fn send_hello(io: &mut TransportIo, registry: &SyncRegistry, peer: PeerId) {
+    let schema = registry.schema_strings();
+    let hello = Message::Hello(Hello {
+        crate_version: env!("CARGO_PKG_VERSION").to_owned(),
+        schema_hash: crate::registry::schema_hash(&schema),
+        schema,
+    });
+    // A hello is small and fixed; fragment it anyway should a huge schema need it.
+    let frame = wire::encode(&hello).expect("a hello always encodes");
+    for bytes in wire::fragment(frame, u32::MAX).expect("a hello is far below the fragment limit") {
+        io.send(Packet {
+            peer,
+            channel: Channel::Reliable,
+            bytes,
+        });
+    }
+}
+
+/// Decodes every received datagram and routes it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn receive_packets(
+    mut io: ResMut<TransportIo>,
+    peers: Res<Peers>,
+    registry: Res<SyncRegistry>,
+    config: Res<SessionConfig>,
+    time: Res<Time<Real>>,
+    mut state: ResMut<SessionState>,
+    mut outbox: ResMut<Outbox>,
+    mut inbox: ResMut<Inbox>,
+    mut peer_query: Query<(&mut PeerLink, &mut PeerStats, &mut Inbound)>,
+    mut joined: MessageWriter<PeerJoined>,
+    mut rejected: MessageWriter<PeerRejected>,
+    mut payloads: MessageWriter<PayloadReceived>,
+) {
+    let packets: Vec<Packet> = io.drain_received().collect();
+    for packet in packets {
+        let Some(entity) = peers.entity(packet.peer) else {
+            state.from_unknown_peers += 1;
+            continue;
+        };
+        let Ok((mut link, mut stats, mut inbound)) = peer_query.get_mut(entity) else {
+            state.from_unknown_peers += 1;
+            continue;
+        };
+        stats.count_in(packet.channel, packet.bytes.len());
+        if matches!(*link, PeerLink::Rejected(_)) {
+            stats.count_drop(DropReason::Rejected);
+            continue;
+        }
+        let message = match decode_packet(&packet, &mut inbound.reassembler, &config.limits) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(error) => {
+                if *link == PeerLink::Handshaking
+                    && packet.channel == Channel::Reliable
+                    && let DecodeError::Version { got } = error
+                {
+                    reject(
+                        packet.peer,
+                        &mut link,
+                        RejectReason::ProtocolVersion {
+                            ours: PROTOCOL_VERSION,
+                            theirs: got,
+                        },
+                        &mut rejected,
+                    );
+                }
+                debug!("dropped datagram from peer `{}`: {error}", packet.peer);
+                stats.count_drop(DropReason::from(&error));
+                continue;
+            }
+        };
+        let from = packet.peer;
+        match message {
+            Message::Hello(hello) => {
+                if *link != PeerLink::Handshaking {
+                    stats.count_drop(DropReason::Stale);
+                    continue;
+                }
+                match check_hello(&registry, &hello) {
+                    Ok(()) => {
+                        debug!(
+                            "peer `{from}` (bevy_peer_sync `{}`) joined",
+                            hello.crate_version
+                        );
+                        *link = PeerLink::Connected;
+                        joined.write(PeerJoined { peer: from, entity });
+                    }
+                    Err(reason) => reject(from, &mut link, reason, &mut rejected),
+                }
+            }
+            other if *link != PeerLink::Connected => {
+                debug!(
+                    "dropped `{:?}` from peer `{from}`: handshake not finished",
+                    other.kind()
+                );
+                stats.count_drop(DropReason::BeforeHandshake);
+            }
+            Message::Payload(payload) => {
+                payloads.write(PayloadReceived {
+                    from,
+                    channel: packet.channel,
+                    payload,
+                });
+            }
+            Message::Ping(nonce) => outbox.push(
+                Recipients::Peer(from),
+                Channel::Unreliable,
+                Message::Pong(nonce),
+            ),
+            Message::Pong(nonce) => {
+                let Some(position) = inbound.pings.iter().position(|(n, _)| *n == nonce) else {
+                    stats.count_drop(DropReason::Stale);
+                    continue;
+                };
+                let (_, sent) = inbound
+                    .pings
+                    .remove(position)
+                    .expect("position was just found");
+                let sample = time.elapsed().saturating_sub(sent);
+                stats.rtt = Some(match stats.rtt {
+                    Some(rtt) => (rtt * 7 + sample) / 8,
+                    None => sample,
+                });
+            }
+            Message::Doc(bytes) => inbox.doc.push((from, bytes)),
+            Message::Transient(bytes) => inbox.transient.push((from, bytes)),
+            Message::Presence(bytes) => inbox.presence.push((from, packet.channel, bytes)),
+        }
+    }
+}
+
+fn decode_packet(
+    packet: &Packet,
+    reassembler: &mut Reassembler,
+    limits: &WireLimits,
+) -> Result<Option<Message>, DecodeError> {
+    match wire::decode(&packet.bytes, packet.channel)? {
+        Frame::Message(message) => Ok(Some(message)),
+        Frame::Fragment(fragment) => match reassembler.push(fragment, limits)? {
+            Some(whole) => wire::decode_reassembled(&whole).map(Some),
+            None => Ok(None),
+        },
+    }
+}
+
+fn check_hello(registry: &SyncRegistry, hello: &Hello) -> Result<(), RejectReason> {
+    let ours = registry.schema_strings();
+    if crate::registry::schema_hash(&hello.schema) != hello.schema_hash {
+        return Err(RejectReason::Malformed(
+            "schema hash does not match its schema".into(),
+        ));
+    }
+    if hello.schema_hash == crate::registry::schema_hash(&ours) && hello.schema == ours {
+        return Ok(());
+    }
+    let differs = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .enumerate()
+            .filter(|(i, e)| b.get(*i) != Some(*e))
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    Err(RejectReason::Schema {
+        only_ours: differs(&ours, &hello.schema),
+        only_theirs: differs(&hello.schema, &ours),
+    })
+}
+
+fn reject(
+    peer: PeerId,
+    link: &mut PeerLink,
+    reason: RejectReason,
+    rejected: &mut MessageWriter<PeerRejected>,
+) {
+    warn!("refusing peer `{peer}`: {reason}");
+    *link = PeerLink::Rejected(reason.clone());
+    rejected.write(PeerRejected { peer, reason });
+}
+
+/// Sends pings to connected peers when they are due.
+pub(crate) fn queue_pings(
+    time: Res<Time<Real>>,
+    config: Res<SessionConfig>,
+    mut state: ResMut<SessionState>,
+    mut outbox: ResMut<Outbox>,
+    mut peers: Query<(&Peer, &PeerLink, &mut Inbound)>,
+) {
+    let now = time.elapsed();
+    if state
+        .last_ping
+        .is_some_and(|last| now < last + config.ping_interval)
+    {
+        return;
+    }
+    state.last_ping = Some(now);
+    for (peer, link, mut inbound) in &mut peers {
+        if *link != PeerLink::Connected {
+            continue;
+        }
+        let nonce = state.next_nonce;
+        state.next_nonce = state.next_nonce.wrapping_add(1);
+        if inbound.pings.len() >= 16 {
+            inbound.pings.pop_front();
+        }
+        inbound.pings.push_back((nonce, now));
+        outbox.push(
+            Recipients::Peer(peer.id),
+            Channel::Unreliable,
+            Message::Ping(nonce),
+        );
+    }
+}
+
+/// Encodes everything queued this frame and hands it to the backend.
+pub(crate) fn send_packets(
+    mut io: ResMut<TransportIo>,
+    mut outbox: ResMut<Outbox>,
+    mut state: ResMut<SessionState>,
+    mut requests: MessageReader<SendPayload>,
+    mut peers: Query<(&Peer, &PeerLink, &mut PeerStats)>,
+) {
+    let payloads = requests
+        .read()
+        .map(|r| (r.to, r.channel, Message::Payload(r.payload.clone())));
+    let queued: Vec<_> = outbox.queue.drain(..).chain(payloads).collect();
+    for (to, channel, message) in queued {
+        let frame = match wire::encode(&message) {
+            Ok(frame) => frame,
+            Err(error) => {
+                warn!("could not send `{:?}`: {error}", message.kind());
+                continue;
+            }
+        };
+        let datagrams = match channel {
+            Channel::Reliable => {
+                state.next_message_id = state.next_message_id.wrapping_add(1) % (u32::MAX - 1);
+                match wire::fragment(frame, state.next_message_id) {
+                    Ok(pieces) => pieces,
+                    Err(error) => {
+                        warn!("could not send `{:?}`: {error}", message.kind());
+                        continue;
+                    }
+                }
+            }
+            Channel::Unreliable if frame.len() > MAX_DATAGRAM => {
+                warn!(
+                    "could not send `{:?}` unreliably: `{}` bytes is over the `{MAX_DATAGRAM}`-byte datagram limit; send it on the reliable channel",
+                    message.kind(),
+                    frame.len()
+                );
+                continue;
+            }
+            Channel::Unreliable => vec![frame],
+        };
+        for (peer, link, mut stats) in &mut peers {
+            if *link != PeerLink::Connected || !to.includes(peer.id) {
+                continue;
+            }
+            for bytes in &datagrams {
+                stats.count_out(channel, bytes.len());
+                io.send(Packet {
+                    peer: peer.id,
+                    channel,
+                    bytes: bytes.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Per-peer traffic counters: bytes and datagrams per channel, refusals by reason,
+//! round-trip time. They live on each peer's entity as [`PeerStats`].
+
+use bevy::prelude::*;
+
+use crate::error::DecodeError;
+use crate::transport::Channel;
+
+/// Why a datagram (or a change inside one) from a peer was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Shorter than its header, or a body that did not decode.
+    Malformed,
+    /// Over a size limit.
+    Oversized,
+    /// Another protocol version.
+    WrongVersion,
+    /// A message kind this build does not know.
+    UnknownKind,
+    /// A kind on a channel it does not belong to.
+    WrongChannel,
+    /// Fragments that do not form a message.
+    BadFragment,
+    /// Arrived before the peer's handshake finished.
+    BeforeHandshake,
+    /// The peer was rejected at the handshake.
+    Rejected,
+    /// Wrote state the peer does not own.
+    NotOwner,
+    /// Older than what was already applied, or a duplicate.
+    Stale,
+    /// Over the peer's per-frame budget.
+    OverBudget,
+    /// Named an entity or type that is not known here.
+    Unknown,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 12] = [
+        Self::Malformed,
+        Self::Oversized,
+        Self::WrongVersion,
+        Self::UnknownKind,
+        Self::WrongChannel,
+        Self::BadFragment,
+        Self::BeforeHandshake,
+        Self::Rejected,
+        Self::NotOwner,
+        Self::Stale,
+        Self::OverBudget,
+        Self::Unknown,
+    ];
+}
+
+impl From<&DecodeError> for DropReason {
+    fn from(error: &DecodeError) -> Self {
+        match error {
+            DecodeError::Truncated { .. } | DecodeError::Body { .. } => Self::Malformed,
+            DecodeError::Oversized { .. } => Self::Oversized,
+            DecodeError::Version { .. } => Self::WrongVersion,
+            DecodeError::UnknownKind(_) => Self::UnknownKind,
+            DecodeError::WrongChannel { .. } => Self::WrongChannel,
+            DecodeError::Fragment(_) => Self::BadFragment,
+        }
+    }
+}
+
+/// Counters for one channel of one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+}
+
+/// Traffic counters for one remote peer.
+#[derive(Component, Debug, Clone, Default)]
+pub struct PeerStats {
+    channels: [ChannelStats; 2],
+    dropped: [u64; DropReason::ALL.len()],
+    /// Smoothed round-trip time over the unreliable channel, once measured.
+    pub rtt: Option<std::time::Duration>,
+}
+
+impl PeerStats {
+    /// Counters of one channel.
+    pub fn channel(&self, channel: Channel) -> &ChannelStats {
+        &self.channels[channel.index()]
+    }
+
+    /// Datagrams or changes dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// Everything dropped, for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    pub(crate) fn count_in(&mut self, channel: Channel, bytes: usize) {
+        let stats = &mut self.channels[channel.index()];
+        stats.packets_in += 1;
+        stats.bytes_in += bytes as u64;
+    }
+
+    pub(crate) fn count_out(&mut self, channel: Channel, bytes: usize) {
+        let stats = &mut self.channels[channel.index()];
+        stats.packets_out += 1;
+        stats.bytes_out += bytes as u64;
+    }
+
+    /// Counts one drop.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
+}

@@ -1,0 +1,156 @@
+//! Helpers for tests: several `App`s in one room over a
+//! [`MemoryNetwork`], stepped frame by frame with a pinned clock.
+//!
+//! No sockets, threads or sleeps: a test with the same seed and the same steps runs
+//! the same way every time.
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+
+use crate::PeerSyncPlugin;
+use crate::peer::{PeerId, PeerLink, Peers};
+use crate::session::PayloadReceived;
+use crate::transport::memory::{MemoryEndpoint, MemoryNetwork};
+
+/// The frame time every [`TestRoom`] app advances by: 60 Hz.
+pub const FRAME: Duration = Duration::from_nanos(16_666_667);
+
+/// Several peers in one in-memory room.
+pub struct TestRoom {
+    /// The network they share (set conditioners, cut links, read stats).
+    pub network: MemoryNetwork,
+    apps: Vec<App>,
+}
+
+impl TestRoom {
+    /// An empty room whose network follows `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            network: MemoryNetwork::new(seed),
+            apps: Vec::new(),
+        }
+    }
+
+    /// An app on this room's network with `MinimalPlugins`, a 60 Hz pinned clock and
+    /// [`PeerSyncPlugin::in_memory`], not yet added to the room.
+    pub fn new_app(&self) -> App {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins)
+            .insert_resource(TimeUpdateStrategy::ManualDuration(FRAME))
+            .add_plugins(PeerSyncPlugin::in_memory(&self.network));
+        app
+    }
+
+    /// Adds a peer; `setup` registers components and systems. Returns its index.
+    pub fn add_peer(&mut self, setup: impl FnOnce(&mut App)) -> usize {
+        let mut app = self.new_app();
+        setup(&mut app);
+        self.apps.push(app);
+        self.apps.len() - 1
+    }
+
+    /// Advances the network clock by one frame and updates every app once, in order.
+    pub fn step(&mut self) {
+        self.network.advance(FRAME);
+        for app in &mut self.apps {
+            app.update();
+        }
+    }
+
+    /// [`TestRoom::step`] `frames` times.
+    pub fn step_n(&mut self, frames: usize) {
+        for _ in 0..frames {
+            self.step();
+        }
+    }
+
+    /// Steps until `done` holds or `max_frames` pass; returns whether it held.
+    pub fn step_until(
+        &mut self,
+        max_frames: usize,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
+        for _ in 0..max_frames {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// The app of peer `index`.
+    pub fn app(&self, index: usize) -> &App {
+        &self.apps[index]
+    }
+
+    /// The app of peer `index`, mutably.
+    pub fn app_mut(&mut self, index: usize) -> &mut App {
+        &mut self.apps[index]
+    }
+
+    /// How many peers were added.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Whether no peer was added.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    /// Peer `index`'s id on the network, while it is on it.
+    pub fn peer_id(&self, index: usize) -> Option<PeerId> {
+        self.apps[index]
+            .world()
+            .get_resource::<MemoryEndpoint>()
+            .map(MemoryEndpoint::id)
+    }
+
+    /// Takes peer `index` off the network (its links close); the app keeps running.
+    pub fn disconnect(&mut self, index: usize) {
+        self.apps[index]
+            .world_mut()
+            .remove_resource::<MemoryEndpoint>();
+    }
+
+    /// Puts peer `index` back on the network under a new id, as a real reconnect does.
+    pub fn reconnect(&mut self, index: usize) {
+        let endpoint = MemoryEndpoint::join(&self.network);
+        self.apps[index].world_mut().insert_resource(endpoint);
+    }
+
+    /// How many peers peer `index` has finished a handshake with.
+    pub fn connected_count(&mut self, index: usize) -> usize {
+        let world = self.apps[index].world_mut();
+        let mut query = world.query::<&PeerLink>();
+        query
+            .iter(world)
+            .filter(|l| **l == PeerLink::Connected)
+            .count()
+    }
+
+    /// Whether every peer is connected to every other.
+    pub fn fully_connected(&mut self) -> bool {
+        let n = self.apps.len();
+        (0..n).all(|i| self.connected_count(i) == n - 1)
+    }
+
+    /// Payloads peer `index` received and has not yet been asked for.
+    pub fn received_payloads(&mut self, index: usize) -> Vec<PayloadReceived> {
+        let world = self.apps[index].world_mut();
+        world
+            .resource_mut::<Messages<PayloadReceived>>()
+            .drain()
+            .collect()
+    }
+
+    /// The remote peers peer `index` has a link to.
+    pub fn linked_peers(&self, index: usize) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self.apps[index].world().resource::<Peers>().ids().collect();
+        ids.sort();
+        ids
+    }
+}

@@ -1,0 +1,272 @@
+//! WebRTC through `matchbox_socket`: a full mesh of data channels, brokered by a
+//! matchbox signaling server (see [`crate::signaling`]).
+//!
+//! The socket's message loop runs on Bevy's [`IoTaskPool`](bevy::tasks::IoTaskPool)
+//! (through `bevy_matchbox`), which works on native and in the browser. Channel 0 is
+//! reliable and ordered, channel 1 is unordered with no retransmits.
+//!
+//! ## ICE servers
+//! matchbox defaults to public STUN servers. This crate never does that silently: a
+//! room on this machine (`localhost`, `127.0.0.0/8`, `[::1]`) uses no ICE servers, and a
+//! room elsewhere must be given an explicit choice ([`IceServers`]).
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_matchbox::MatchboxSocket;
+use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
+
+use crate::error::PeerSyncError;
+use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
+
+/// Which ICE (STUN/TURN) servers the WebRTC connections use.
+#[derive(Debug, Clone, Default)]
+pub enum IceServers {
+    /// Not chosen. Fine for a room on this machine (treated as [`IceServers::None`]);
+    /// an error for any other room.
+    #[default]
+    Unchosen,
+    /// No ICE servers: host candidates only. Works on one machine and on a LAN.
+    None,
+    /// Your own STUN/TURN servers (one set of credentials, as WebRTC allows).
+    Custom(RtcIceServerConfig),
+    /// matchbox's default, public STUN servers on the internet. Opt-in only.
+    PublicStun,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct MatchboxConfig {
+    /// The room, e.g. `ws://127.0.0.1:3536/my_room`.
+    pub room_url: String,
+    /// The ICE server choice.
+    pub ice_servers: IceServers,
+    /// How many times the socket retries the signaling server before giving up.
+    pub reconnect_attempts: Option<u16>,
+}
+
+impl MatchboxConfig {
+    /// A config for `room_url` with ICE servers still to choose.
+    pub fn new(room_url: impl Into<String>) -> Self {
+        Self {
+            room_url: room_url.into(),
+            ice_servers: IceServers::Unchosen,
+            reconnect_attempts: Some(3),
+        }
+    }
+
+    /// The ICE servers the socket will be built with, or why it cannot be built.
+    pub fn resolved_ice_servers(&self) -> Result<Option<RtcIceServerConfig>, PeerSyncError> {
+        let host = room_host(&self.room_url)?;
+        match &self.ice_servers {
+            IceServers::Unchosen if is_local_host(host) => Ok(Some(no_ice_servers())),
+            IceServers::Unchosen => Err(PeerSyncError::IceServersNotChosen {
+                url: self.room_url.clone(),
+            }),
+            IceServers::None => Ok(Some(no_ice_servers())),
+            IceServers::Custom(servers) => Ok(Some(servers.clone())),
+            IceServers::PublicStun => Ok(None),
+        }
+    }
+
+    fn builder(&self) -> Result<WebRtcSocketBuilder, PeerSyncError> {
+        let ice = self.resolved_ice_servers()?;
+        let mut builder = WebRtcSocketBuilder::new(self.room_url.clone())
+            .reconnect_attempts(self.reconnect_attempts)
+            .signaling_keep_alive_interval(Some(Duration::from_secs(10)))
+            .add_channel(ChannelConfig::reliable())
+            .add_channel(ChannelConfig::unreliable());
+        if let Some(ice) = ice {
+            builder = builder.ice_server(ice);
+        }
+        Ok(builder)
+    }
+}
+
+fn no_ice_servers() -> RtcIceServerConfig {
+    RtcIceServerConfig {
+        urls: Vec::new(),
+        username: None,
+        credential: None,
+    }
+}
+
+/// The host part of a `ws://` or `wss://` url.
+pub(crate) fn room_host(url: &str) -> Result<&str, PeerSyncError> {
+    let invalid = |reason| PeerSyncError::InvalidRoomUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| invalid("it must start with ws:// or wss://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return Err(invalid("it has no host"));
+    }
+    Ok(host)
+}
+
+/// Whether `host` is this machine.
+pub(crate) fn is_local_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
+    }
+}
+
+/// The WebRTC backend. [`crate::PeerSyncPlugin::new`] adds it.
+pub struct MatchboxTransportPlugin {
+    /// Where to connect.
+    pub config: MatchboxConfig,
+}
+
+#[derive(Resource, Debug)]
+struct PendingSocket(MatchboxConfig);
+
+/// The open socket.
+#[derive(Resource, Debug)]
+pub struct MatchboxTransport {
+    socket: MatchboxSocket,
+}
+
+impl Plugin for MatchboxTransportPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<TransportIo>()
+            .insert_resource(PendingSocket(self.config.clone()))
+            .add_systems(
+                PreUpdate,
+                (open_socket, matchbox_receive)
+                    .chain()
+                    .in_set(TransportSystems::Receive),
+            )
+            .add_systems(PostUpdate, matchbox_send.in_set(TransportSystems::Send));
+    }
+}
+
+fn open_socket(
+    mut commands: Commands,
+    pending: Option<Res<PendingSocket>>,
+    mut io: ResMut<TransportIo>,
+) {
+    let Some(pending) = pending else { return };
+    commands.remove_resource::<PendingSocket>();
+    match pending.0.builder() {
+        Ok(builder) => {
+            info!("joining room `{}`", pending.0.room_url);
+            commands.insert_resource(MatchboxTransport {
+                socket: MatchboxSocket::from(builder),
+            });
+        }
+        Err(error) => {
+            error!("{error}");
+            io.set_status(BackendStatus::Closed(error.to_string()));
+        }
+    }
+}
+
+fn matchbox_receive(transport: Option<ResMut<MatchboxTransport>>, mut io: ResMut<TransportIo>) {
+    let Some(mut transport) = transport else {
+        return;
+    };
+    let socket = &mut transport.socket;
+    match socket.try_update_peers() {
+        Ok(changes) => {
+            for (peer, state) in changes {
+                io.push_link_event(match state {
+                    PeerState::Connected => LinkEvent::Connected(peer.into()),
+                    PeerState::Disconnected => LinkEvent::Disconnected(peer.into()),
+                });
+            }
+        }
+        Err(_) => {
+            if !matches!(io.status(), BackendStatus::Closed(_)) {
+                warn!("lost the signaling server and every peer link");
+                io.set_status(BackendStatus::Closed(
+                    "the socket's message loop ended".into(),
+                ));
+            }
+            return;
+        }
+    }
+    if let Some(id) = socket.id() {
+        io.set_local_id(id.into());
+        if *io.status() != BackendStatus::Open {
+            io.set_status(BackendStatus::Open);
+        }
+    }
+    for channel in Channel::ALL {
+        let Ok(ch) = socket.get_channel_mut(channel.index()) else {
+            continue;
+        };
+        for (peer, bytes) in ch.receive() {
+            io.insert_received(Packet {
+                peer: peer.into(),
+                channel,
+                bytes,
+            });
+        }
+    }
+}
+
+fn matchbox_send(transport: Option<ResMut<MatchboxTransport>>, mut io: ResMut<TransportIo>) {
+    let Some(mut transport) = transport else {
+        io.drain_outgoing().for_each(drop);
+        return;
+    };
+    for packet in io.drain_outgoing() {
+        let Ok(channel) = transport.socket.get_channel_mut(packet.channel.index()) else {
+            continue;
+        };
+        if channel.try_send(packet.bytes, packet.peer.into()).is_err() {
+            debug!("socket closed; dropped a datagram to `{}`", packet.peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_rooms_need_no_ice_choice() {
+        for url in [
+            "ws://localhost:3536/r",
+            "ws://127.0.0.1:1/x",
+            "ws://[::1]:3536/",
+            "wss://user@127.0.0.2/",
+        ] {
+            let config = MatchboxConfig::new(url);
+            let ice = config.resolved_ice_servers().unwrap().unwrap();
+            assert!(ice.urls.is_empty(), "{url}");
+        }
+    }
+
+    #[test]
+    fn remote_rooms_must_choose() {
+        let config = MatchboxConfig::new("wss://match.example.com/room");
+        assert!(matches!(
+            config.resolved_ice_servers(),
+            Err(PeerSyncError::IceServersNotChosen { .. })
+        ));
+        let config = MatchboxConfig {
+            ice_servers: IceServers::PublicStun,
+            ..config
+        };
+        assert!(config.resolved_ice_servers().unwrap().is_none());
+        assert!(matches!(
+            MatchboxConfig::new("http://x/").resolved_ice_servers(),
+            Err(PeerSyncError::InvalidRoomUrl { .. })
+        ));
+    }
+}
