@@ -65,6 +65,8 @@
 //! |---|---|
 //! | [`peer`] | peers as entities, join/leave/reject messages |
 //! | [`session`] | handshake, routing, your own payloads |
+//! | [`shared_doc`] | the room's shared yrs document (texts, maps) |
+//! | [`durable`] | replicated entities and durable components, ownership |
 //! | [`wire`] | the datagram format and its limits |
 //! | [`transport`] | the byte-queue boundary and its backends |
 //! | [`signaling`] | the signaling server (native) |
@@ -72,10 +74,12 @@
 
 #![warn(missing_docs)]
 
+pub mod durable;
 pub mod error;
 pub mod peer;
 pub mod registry;
 pub mod session;
+pub mod shared_doc;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod signaling;
 pub mod stats;
@@ -98,9 +102,12 @@ use crate::wire::WireLimits;
 /// What most apps need.
 pub mod prelude {
     pub use crate::PeerSyncPlugin;
+    pub use crate::durable::{ClaimOwnership, NetId, Owner, Replicated, SyncAppExt, TransferOwnership};
+    pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
     pub use crate::PeerSyncSystems;
     pub use crate::peer::{
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
+        ReplicaId,
     };
     pub use crate::registry::Route;
     pub use crate::session::{PayloadReceived, Recipients, SendPayload};
@@ -277,5 +284,8 @@ impl Plugin for PeerSyncPlugin {
                 app.init_resource::<transport::TransportIo>();
             }
         }
+        shared_doc::plugin(app);
+        durable::plugin(app);
+        durable::presence_hooks(app);
     }
 }

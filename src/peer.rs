@@ -35,6 +35,34 @@ impl From<PeerId> for matchbox_socket::PeerId {
     }
 }
 
+/// A peer's identity for the life of its `App`: unlike [`PeerId`], it survives a
+/// reconnect. Durable entities are owned by a replica, and it is the yrs client id of
+/// the local edits to the entity document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplicaId(pub u64);
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl ReplicaId {
+    /// A fresh random id. yrs client ids are 53-bit (JavaScript-safe), and so is this.
+    pub fn random() -> Self {
+        Self(rand::random::<u64>() & ((1 << 53) - 1) | 1)
+    }
+
+    /// Parses the [`Display`](fmt::Display) form.
+    pub fn parse(text: &str) -> Option<Self> {
+        u64::from_str_radix(text, 16).ok().map(Self)
+    }
+}
+
+/// The replica behind a remote peer, known once its handshake is done.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerReplica(pub ReplicaId);
+
 /// A remote peer. Lives on the peer's entity.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
 #[require(PeerLink, crate::stats::PeerStats)]
@@ -98,12 +126,27 @@ impl fmt::Display for RejectReason {
 }
 
 /// The local peer.
-#[derive(Resource, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Resource, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalPeer {
     id: Option<PeerId>,
+    replica: ReplicaId,
+}
+
+impl Default for LocalPeer {
+    fn default() -> Self {
+        Self {
+            id: None,
+            replica: ReplicaId::random(),
+        }
+    }
 }
 
 impl LocalPeer {
+    /// The local replica id (stable across reconnects of this app).
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
     /// The local id, once the room assigned one.
     pub fn id(&self) -> Option<PeerId> {
         self.id
@@ -155,6 +198,8 @@ impl Peers {
 pub struct PeerJoined {
     /// The peer.
     pub peer: PeerId,
+    /// Its replica.
+    pub replica: ReplicaId,
     /// Its entity.
     pub entity: Entity,
 }
@@ -164,6 +209,8 @@ pub struct PeerJoined {
 pub struct PeerLeft {
     /// The peer.
     pub peer: PeerId,
+    /// Its replica, if its handshake had finished.
+    pub replica: Option<ReplicaId>,
     /// Whether it had finished its handshake.
     pub was_connected: bool,
 }

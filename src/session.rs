@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::peer::{
+    PeerReplica, ReplicaId,
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
 };
 use crate::registry::SyncRegistry;
@@ -135,7 +136,7 @@ pub(crate) fn handle_link_events(
     mut local: ResMut<LocalPeer>,
     mut peers: ResMut<Peers>,
     registry: Res<SyncRegistry>,
-    links: Query<&PeerLink>,
+    links: Query<(&PeerLink, Option<&PeerReplica>)>,
     mut left: MessageWriter<PeerLeft>,
 ) {
     if let Some(id) = io.local_id()
@@ -157,17 +158,21 @@ pub(crate) fn handle_link_events(
                 let entity = commands.spawn((Peer { id: peer }, Inbound::default())).id();
                 peers.insert(peer, entity);
                 debug!("link to peer `{peer}` open, sending hello");
-                send_hello(&mut io, &registry, peer);
+                send_hello(&mut io, &registry, local.replica(), peer);
             }
             LinkEvent::Disconnected(peer) => {
                 let Some(entity) = peers.remove(peer) else {
                     continue;
                 };
-                let was_connected = links.get(entity).is_ok_and(|l| *l == PeerLink::Connected);
+                let (was_connected, replica) = match links.get(entity) {
+                    Ok((link, replica)) => (*link == PeerLink::Connected, replica.map(|r| r.0)),
+                    Err(_) => (false, None),
+                };
                 commands.entity(entity).despawn();
                 debug!("link to peer `{peer}` closed");
                 left.write(PeerLeft {
                     peer,
+                    replica: replica.filter(|_| was_connected),
                     was_connected,
                 });
             }
@@ -175,10 +180,11 @@ pub(crate) fn handle_link_events(
     }
 }
 
-fn send_hello(io: &mut TransportIo, registry: &SyncRegistry, peer: PeerId) {
+fn send_hello(io: &mut TransportIo, registry: &SyncRegistry, replica: ReplicaId, peer: PeerId) {
     let schema = registry.schema_strings();
     let hello = Message::Hello(Hello {
         crate_version: env!("CARGO_PKG_VERSION").to_owned(),
+        replica: replica.0,
         schema_hash: crate::registry::schema_hash(&schema),
         schema,
     });
@@ -196,6 +202,7 @@ fn send_hello(io: &mut TransportIo, registry: &SyncRegistry, peer: PeerId) {
 /// Decodes every received datagram and routes it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn receive_packets(
+    mut commands: Commands,
     mut io: ResMut<TransportIo>,
     peers: Res<Peers>,
     registry: Res<SyncRegistry>,
@@ -261,7 +268,13 @@ pub(crate) fn receive_packets(
                             hello.crate_version
                         );
                         *link = PeerLink::Connected;
-                        joined.write(PeerJoined { peer: from, entity });
+                        let replica = ReplicaId(hello.replica);
+                        commands.entity(entity).insert(PeerReplica(replica));
+                        joined.write(PeerJoined {
+                            peer: from,
+                            replica,
+                            entity,
+                        });
                     }
                     Err(reason) => reject(from, &mut link, reason, &mut rejected),
                 }

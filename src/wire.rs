@@ -123,6 +123,8 @@ impl Kind {
 pub struct Hello {
     /// `CARGO_PKG_VERSION` of the sender's `bevy_peer_sync`, for log lines.
     pub crate_version: String,
+    /// The sender's replica id (stable across its reconnects).
+    pub replica: u64,
     /// Hash of `schema`, order included.
     pub schema_hash: u64,
     /// The sender's registered sync types, in registration order (`"name:route"`).
@@ -428,6 +430,7 @@ mod tests {
         let messages = [
             Message::Hello(Hello {
                 crate_version: "0.1.0".into(),
+                replica: 5,
                 schema_hash: 42,
                 schema: vec!["a:durable".into()],
             }),

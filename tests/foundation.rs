@@ -205,6 +205,7 @@ fn another_protocol_version_is_rejected() {
     // Replace what `a` got from `b` before it is processed: a future version's hello.
     let mut future = wire::encode(&Message::Hello(Hello {
         crate_version: "9.0.0".into(),
+        replica: 1,
         schema_hash: 0,
         schema: vec![],
     }))
@@ -238,6 +239,7 @@ fn seeds() -> Vec<(Bytes, Channel)> {
     let mut out = Vec::new();
     let hello = Message::Hello(Hello {
         crate_version: "0.1.0".into(),
+        replica: 2,
         schema_hash: 1,
         schema: vec!["a:durable".into(), "b:transient".into()],
     });

@@ -1,0 +1,889 @@
+//! The durable route: entities and components that live in a yrs document, travel on
+//! the reliable channel, merge under concurrent edits and reach late joiners.
+//!
+//! Mark an entity with [`Replicated`] and it gets a [`NetId`] that every peer maps to
+//! its own local `Entity`; ids are `(creator replica, counter)`, so two peers spawning
+//! at once never collide. Register component types with
+//! [`SyncAppExt::sync_component`]`::<T>(Route::Durable)`: their values are stored
+//! field by field, so concurrent edits to different fields both survive and edits to
+//! the same field converge to one winner everywhere.
+//!
+//! ## Ownership
+//! Every replicated entity has an [`Owner`]: the replica that spawned it, until it is
+//! handed over ([`TransferOwnership`]) or, once its owner has left, claimed
+//! ([`ClaimOwnership`], with [`OwnerLeftPolicy::Orphan`]). Only the owner's changes to
+//! an entity are sent. A live update from a peer that touches an entity the peer does
+//! not own is held for a moment (its ownership may be on its way from a third peer)
+//! and, if it is still not allowed after [`EntityDocConfig::hold_timeout`], refused as
+//! a whole and counted as [`DropReason::NotOwner`]: the document is never changed by
+//! it. The check runs the update against a shadow copy of the document first.
+//!
+//! y-sync catch-up (a late joiner, a healed partition) carries other peers' edits
+//! relayed by the sender and is applied without the ownership check: peers are
+//! trusted to relay, as nothing in an unsigned CRDT update proves its author.
+//!
+//! ## Document layout (readable by any Yjs client)
+//! ```text
+//! Y.Map "entities"
+//!   "<creator replica hex>-<counter>": Y.Map
+//!     "owner": "<replica hex>"            // "" while orphaned
+//!     "components": Y.Map
+//!       "<type name>": Y.Map { "<field>": value, ... }   // "_" for non-struct values
+//! ```
+//! Values are plain JSON-like `Any` (numbers, strings, booleans, arrays, maps) made
+//! by serde from your component.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bevy::ecs::component::Mutable;
+use bevy::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use yrs::types::{Event, PathSegment};
+use yrs::updates::decoder::Decode;
+use yrs::{Any, DeepObservable, Doc, Map, MapPrelim, MapRef, Options, Out, ReadTxn, Transact, TransactionMut, Update};
+
+use crate::PeerSyncSystems;
+use crate::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId};
+use crate::registry::{Route, SyncRegistry};
+use crate::session::{Outbox, Recipients};
+use crate::shared_doc::{DocId, REMOTE_ORIGIN, SyncedDoc, encode_sync};
+use crate::stats::{DropReason, PeerStats};
+use crate::transport::Channel;
+
+const ENTITIES: &str = "entities";
+const OWNER: &str = "owner";
+const COMPONENTS: &str = "components";
+const WHOLE_VALUE: &str = "_";
+
+/// Marks an entity for replication. Insert it when you spawn; the plugin adds its
+/// [`NetId`] and [`Owner`].
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replicated;
+
+/// The network id of a replicated entity, the same on every peer.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetId {
+    /// The replica that spawned it.
+    pub creator: ReplicaId,
+    /// Its spawn counter on that replica.
+    pub counter: u64,
+}
+
+impl fmt::Display for NetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.creator, self.counter)
+    }
+}
+
+impl NetId {
+    /// Parses the [`Display`](fmt::Display) form, `"<replica hex>-<counter>"`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (creator, counter) = text.split_once('-')?;
+        Some(Self {
+            creator: ReplicaId::parse(creator)?,
+            counter: counter.parse().ok()?,
+        })
+    }
+}
+
+/// Who may write a replicated entity. `None` while orphaned.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner(pub Option<ReplicaId>);
+
+/// What happens to an entity when its owner leaves the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerLeftPolicy {
+    /// It disappears from every peer's world while its owner is away (and comes back if
+    /// the owner reconnects).
+    #[default]
+    Despawn,
+    /// It stays, orphaned, until a peer claims it with [`ClaimOwnership`].
+    Orphan,
+}
+
+/// Settings of the durable route.
+#[derive(Resource, Debug, Clone)]
+pub struct EntityDocConfig {
+    /// What happens to an entity whose owner leaves.
+    pub owner_left: OwnerLeftPolicy,
+    /// How long a live update that is not (yet) allowed is held before it is refused.
+    pub hold_timeout: Duration,
+}
+
+impl Default for EntityDocConfig {
+    fn default() -> Self {
+        Self {
+            owner_left: OwnerLeftPolicy::Despawn,
+            hold_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The owner hands an entity to another replica.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferOwnership {
+    /// The local entity.
+    pub entity: Entity,
+    /// The new owner.
+    pub to: ReplicaId,
+}
+
+/// Take an orphaned entity (its owner left, policy [`OwnerLeftPolicy::Orphan`]).
+/// Concurrent claims converge to one owner on every peer.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimOwnership {
+    /// The local entity.
+    pub entity: Entity,
+}
+
+/// Maps network ids to local entities.
+#[derive(Resource, Debug, Default)]
+pub struct NetEntities {
+    map: HashMap<NetId, Entity>,
+    next_counter: u64,
+}
+
+impl NetEntities {
+    /// The local entity of a network id.
+    pub fn entity(&self, id: NetId) -> Option<Entity> {
+        self.map.get(&id).copied()
+    }
+
+    /// How many replicated entities exist locally.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What a transaction on the shadow document touched.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Entities added, removed or replaced at the top level.
+    roots: HashSet<String>,
+    /// Per entity, the top-level keys changed inside it (`owner`, `components`).
+    inner: HashMap<String, HashSet<String>>,
+}
+
+struct HeldUpdate {
+    from: PeerId,
+    replica: Option<ReplicaId>,
+    update: Vec<u8>,
+    since: Duration,
+}
+
+/// The document behind the durable route, with its ownership check.
+#[derive(Resource)]
+pub struct EntityDoc {
+    synced: SyncedDoc,
+    shadow: Doc,
+    shadow_touched: Arc<Mutex<Touched>>,
+    main_touched: Arc<Mutex<Touched>>,
+    held: VecDeque<HeldUpdate>,
+    queued: Vec<(PeerId, Update, Vec<u8>, bool)>,
+    /// Updates refused for writing what the sender does not own.
+    pub refused: u64,
+}
+
+impl fmt::Debug for EntityDoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntityDoc")
+            .field("held", &self.held.len())
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for EntityDoc {
+    type Target = SyncedDoc;
+
+    fn deref(&self) -> &SyncedDoc {
+        &self.synced
+    }
+}
+
+fn observe_touches(doc: &Doc) -> Arc<Mutex<Touched>> {
+    let touched = Arc::new(Mutex::new(Touched::default()));
+    let sink = Arc::clone(&touched);
+    let root = doc.get_or_insert_map(ENTITIES);
+    root.observe_deep("bevy_peer_sync", move |txn, events| {
+        let mut touched = sink.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in events.iter() {
+            let path = match event {
+                Event::Map(e) => e.path(),
+                Event::Text(e) => e.path(),
+                Event::Array(e) => e.path(),
+                _ => continue,
+            };
+            match path.front() {
+                None => {
+                    if let Event::Map(e) = event {
+                        touched.roots.extend(e.keys(txn).keys().map(|k| k.to_string()));
+                    }
+                }
+                Some(PathSegment::Key(entity)) => {
+                    let keys = touched.inner.entry(entity.to_string()).or_default();
+                    match (path.get(1), event) {
+                        (Some(PathSegment::Key(key)), _) => {
+                            keys.insert(key.to_string());
+                        }
+                        (None, Event::Map(e)) => keys.extend(e.keys(txn).keys().map(|k| k.to_string())),
+                        _ => {
+                            keys.insert(COMPONENTS.to_owned());
+                        }
+                    }
+                }
+                Some(PathSegment::Index(_)) => {}
+            }
+        }
+    });
+    touched
+}
+
+impl EntityDoc {
+    fn new(replica: ReplicaId) -> Self {
+        let doc = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(replica.0),
+            ..Options::default()
+        });
+        let main_touched = observe_touches(&doc);
+        let shadow = Doc::new();
+        let shadow_touched = observe_touches(&shadow);
+        Self {
+            synced: SyncedDoc::new(doc),
+            shadow,
+            shadow_touched,
+            main_touched,
+            held: VecDeque::new(),
+            queued: Vec::new(),
+            refused: 0,
+        }
+    }
+
+    fn root(&self) -> MapRef {
+        self.synced.doc().get_or_insert_map(ENTITIES)
+    }
+
+    pub(crate) fn queue_remote(&mut self, from: PeerId, update: Update, bytes: Vec<u8>, live: bool) {
+        self.queued.push((from, update, bytes, live));
+    }
+
+    /// Rebuilds the shadow from the main document (after a refused update).
+    fn rebuild_shadow(&mut self) {
+        let state = self.synced.encode_state();
+        let shadow = Doc::new();
+        let touched = observe_touches(&shadow);
+        if let Ok(update) = Update::decode_v1(&state) {
+            let _ = shadow.transact_mut_with(REMOTE_ORIGIN).apply_update(update);
+        }
+        std::mem::take(&mut *touched.lock().unwrap_or_else(PoisonError::into_inner));
+        self.shadow = shadow;
+        self.shadow_touched = touched;
+    }
+
+    fn apply_to_shadow(&self, bytes: &[u8]) -> Touched {
+        if let Ok(update) = Update::decode_v1(bytes) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.shadow.transact_mut_with(REMOTE_ORIGIN).apply_update(update)
+            }));
+        }
+        std::mem::take(&mut *self.shadow_touched.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The owner recorded for `entity` in the main document (`Some(None)`: orphaned,
+    /// `None`: no such entity).
+    fn owner_in(doc: &Doc, entity: &str) -> Option<Option<ReplicaId>> {
+        let txn = doc.transact();
+        let root = txn.get_map(ENTITIES)?;
+        let Some(Out::YMap(map)) = root.get(&txn, entity) else {
+            return None;
+        };
+        match map.get(&txn, OWNER) {
+            Some(Out::Any(Any::String(owner))) => Some(ReplicaId::parse(&owner)),
+            _ => Some(None),
+        }
+    }
+
+    /// Whether a change `touched` by replica `sender` is allowed, judged against the
+    /// main document (before) and the shadow (after).
+    fn allowed(&self, touched: &Touched, sender: ReplicaId, present: &HashSet<ReplicaId>) -> bool {
+        let main = self.synced.doc();
+        for entity in &touched.roots {
+            match Self::owner_in(main, entity) {
+                None => {
+                    // A spawn: only its creator, as owner.
+                    let creator_ok = NetId::parse(entity).is_some_and(|id| id.creator == sender);
+                    let owner_after = Self::owner_in(&self.shadow, entity);
+                    if !creator_ok || owner_after.is_some_and(|o| o != Some(sender)) {
+                        return false;
+                    }
+                }
+                Some(owner) if owner == Some(sender) => {}
+                Some(_) => return false,
+            }
+        }
+        for (entity, keys) in &touched.inner {
+            if touched.roots.contains(entity) {
+                continue;
+            }
+            match Self::owner_in(main, entity) {
+                Some(Some(owner)) if owner == sender => {}
+                Some(owner) => {
+                    // A claim: only the owner key, only to the sender, only if orphaned.
+                    let orphaned = owner.is_none_or(|o| !present.contains(&o));
+                    let claims_self = Self::owner_in(&self.shadow, entity) == Some(Some(sender));
+                    if !(orphaned && claims_self && keys.iter().all(|k| k == OWNER)) {
+                        return false;
+                    }
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// One durable component type: how to write it to and read it from the document.
+struct DurableType {
+    name: String,
+    read: fn(&mut EntityWorldMut, &Any) -> Result<(), String>,
+    remove: fn(&mut EntityWorldMut),
+}
+
+/// The durable types, in registration order.
+#[derive(Resource, Default)]
+struct DurableTypes(Vec<DurableType>);
+
+/// Component values staged this frame for the document, written in one transaction.
+#[derive(Resource, Default)]
+struct Staged {
+    values: Vec<(NetId, usize, Any)>,
+    removed: Vec<(NetId, usize)>,
+}
+
+/// Registration of synced component types.
+pub trait SyncAppExt {
+    /// Synchronises component `T` on `route`.
+    ///
+    /// Register the same types in the same order on every build: the handshake
+    /// refuses peers whose registrations differ.
+    ///
+    /// ```
+    /// use bevy::prelude::*;
+    /// use bevy_peer_sync::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+    /// struct Inventory {
+    ///     gold: u32,
+    ///     items: Vec<String>,
+    /// }
+    ///
+    /// let mut app = App::new();
+    /// app.add_plugins(MinimalPlugins)
+    ///     .add_plugins(PeerSyncPlugin::with_custom_transport())
+    ///     .sync_component::<Inventory>(Route::Durable);
+    /// ```
+    fn sync_component<T>(&mut self, route: Route) -> &mut Self
+    where
+        T: Component<Mutability = Mutable> + Serialize + DeserializeOwned + Clone + PartialEq;
+}
+
+impl SyncAppExt for App {
+    fn sync_component<T>(&mut self, route: Route) -> &mut Self
+    where
+        T: Component<Mutability = Mutable> + Serialize + DeserializeOwned + Clone + PartialEq,
+    {
+        let name = std::any::type_name::<T>().to_owned();
+        self.world_mut()
+            .get_resource_or_init::<SyncRegistry>()
+            .register(name.clone(), route);
+        match route {
+            Route::Durable => {
+                let mut types = self.world_mut().get_resource_or_init::<DurableTypes>();
+                let index = types.0.len();
+                types.0.push(DurableType {
+                    name,
+                    read: read_component::<T>,
+                    remove: |entity| {
+                        entity.remove::<T>();
+                    },
+                });
+                self.add_systems(
+                    PostUpdate,
+                    stage_component::<T>(index)
+                        .in_set(PeerSyncSystems::Collect)
+                        .after(assign_net_ids)
+                        .before(flush_staged),
+                );
+            }
+            Route::Transient => {}
+        }
+        self
+    }
+}
+
+fn read_component<T: Component<Mutability = Mutable> + DeserializeOwned + PartialEq>(
+    entity: &mut EntityWorldMut,
+    value: &Any,
+) -> Result<(), String> {
+    let value: T = yrs::encoding::serde::from_any(value).map_err(|e| e.to_string())?;
+    match entity.get_mut::<T>() {
+        Some(mut current) => {
+            if *current != value {
+                *current = value;
+            }
+        }
+        None => {
+            entity.insert(value);
+        }
+    }
+    Ok(())
+}
+
+fn stage_component<T: Component + Serialize>(
+    index: usize,
+) -> impl FnMut(
+    ResMut<Staged>,
+    Res<LocalPeer>,
+    Query<(&NetId, &Owner, Ref<T>)>,
+    Query<&NetId>,
+    RemovedComponents<T>,
+) {
+    move |mut staged, local, changed, ids, mut removed| {
+        let me = Some(local.replica());
+        for (id, owner, value) in &changed {
+            if owner.0 != me || !value.is_changed() {
+                continue;
+            }
+            match yrs::encoding::serde::to_any(&*value) {
+                Ok(any) => staged.values.push((*id, index, any)),
+                Err(error) => error!("component `{}` cannot be stored: {error}", std::any::type_name::<T>()),
+            }
+        }
+        for entity in removed.read() {
+            if let Ok(id) = ids.get(entity) {
+                staged.removed.push((*id, index));
+            }
+        }
+    }
+}
+
+/// Adds the durable route. Part of [`crate::PeerSyncPlugin`].
+pub(crate) fn plugin(app: &mut App) {
+    let replica = app.world_mut().get_resource_or_init::<LocalPeer>().replica();
+    app.insert_resource(EntityDoc::new(replica))
+        .init_resource::<EntityDocConfig>()
+        .init_resource::<NetEntities>()
+        .init_resource::<DurableTypes>()
+        .init_resource::<Staged>()
+        .add_message::<TransferOwnership>()
+        .add_message::<ClaimOwnership>()
+        .add_systems(
+            PreUpdate,
+            apply_remote_entities
+                .in_set(PeerSyncSystems::Apply)
+                .after(crate::shared_doc::receive_doc_messages),
+        )
+        .add_systems(
+            PostUpdate,
+            (assign_net_ids, flush_staged, send_entity_updates)
+                .chain()
+                .in_set(PeerSyncSystems::Collect),
+        );
+}
+
+/// Gives new [`Replicated`] entities a [`NetId`] and the local replica as owner.
+fn assign_net_ids(
+    mut commands: Commands,
+    local: Res<LocalPeer>,
+    mut net: ResMut<NetEntities>,
+    fresh: Query<Entity, (With<Replicated>, Without<NetId>)>,
+    mut staged: ResMut<Staged>,
+) {
+    for entity in &fresh {
+        net.next_counter += 1;
+        let id = NetId {
+            creator: local.replica(),
+            counter: net.next_counter,
+        };
+        net.map.insert(id, entity);
+        commands.entity(entity).insert((id, Owner(Some(local.replica()))));
+        // An empty value list marks the spawn; components follow via change detection.
+        staged.values.push((id, usize::MAX, Any::Null));
+    }
+}
+
+/// Writes everything staged this frame, plus despawns and ownership changes, in one
+/// transaction.
+#[allow(clippy::too_many_arguments)]
+fn flush_staged(
+    doc: Res<EntityDoc>,
+    types: Res<DurableTypes>,
+    local: Res<LocalPeer>,
+    mut staged: ResMut<Staged>,
+    mut net: ResMut<NetEntities>,
+    mut despawned: RemovedComponents<Replicated>,
+    owners: Query<(&NetId, &Owner)>,
+    mut transfers: MessageReader<TransferOwnership>,
+    mut claims: MessageReader<ClaimOwnership>,
+    peers: Query<&PeerReplica>,
+    config: Res<EntityDocConfig>,
+    mut commands: Commands,
+) {
+    let me = local.replica();
+    let despawned: Vec<Entity> = despawned.read().collect();
+    let transfers: Vec<TransferOwnership> = transfers.read().copied().collect();
+    let claims: Vec<ClaimOwnership> = claims.read().copied().collect();
+    if staged.values.is_empty() && staged.removed.is_empty() && despawned.is_empty() && transfers.is_empty() && claims.is_empty() {
+        return;
+    }
+    let root = doc.root();
+    let mut txn = doc.transact_mut();
+    for (id, index, value) in staged.values.drain(..) {
+        let key = id.to_string();
+        let entity_map = entity_map(&root, &mut txn, &key, me);
+        if index == usize::MAX {
+            continue;
+        }
+        let components = child_map(&entity_map, &mut txn, COMPONENTS);
+        let component = child_map(&components, &mut txn, &types.0[index].name);
+        write_fields(&component, &mut txn, value);
+    }
+    for (id, index) in staged.removed.drain(..) {
+        let key = id.to_string();
+        if let Some(Out::YMap(entity_map)) = root.get(&txn, &key)
+            && let Some(Out::YMap(components)) = entity_map.get(&txn, COMPONENTS)
+        {
+            components.remove(&mut txn, &types.0[index].name);
+        }
+    }
+    // Despawns of entities we own.
+    let gone: Vec<NetId> = net
+        .map
+        .iter()
+        .filter(|(_, e)| despawned.contains(e))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in gone {
+        net.map.remove(&id);
+        if EntityDoc::owner_in_txn(&root, &txn, &id.to_string()) == Some(Some(me)) {
+            root.remove(&mut txn, &id.to_string());
+        }
+    }
+    for transfer in transfers {
+        let Ok((id, owner)) = owners.get(transfer.entity) else { continue };
+        if owner.0 != Some(me) {
+            warn!("cannot hand over `{id}`: it is owned by `{:?}`, not by this peer", owner.0);
+            continue;
+        }
+        if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
+            entity_map.insert(&mut txn, OWNER, transfer.to.to_string());
+            commands.entity(transfer.entity).insert(Owner(Some(transfer.to)));
+        }
+    }
+    let present: HashSet<ReplicaId> = peers.iter().map(|p| p.0).chain([me]).collect();
+    for claim in claims {
+        let Ok((id, owner)) = owners.get(claim.entity) else { continue };
+        let orphaned = owner.0.is_none_or(|o| !present.contains(&o));
+        if config.owner_left != OwnerLeftPolicy::Orphan || !orphaned {
+            warn!("cannot claim `{id}`: its owner `{:?}` is still here or orphans are not claimable", owner.0);
+            continue;
+        }
+        if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
+            entity_map.insert(&mut txn, OWNER, me.to_string());
+            commands.entity(claim.entity).insert(Owner(Some(me)));
+        }
+    }
+}
+
+fn entity_map(root: &MapRef, txn: &mut TransactionMut, key: &str, owner: ReplicaId) -> MapRef {
+    if let Some(Out::YMap(map)) = root.get(txn, key) {
+        return map;
+    }
+    let map = root.insert(txn, key, MapPrelim::default());
+    map.insert(txn, OWNER, owner.to_string());
+    map.insert(txn, COMPONENTS, MapPrelim::default());
+    map
+}
+
+fn child_map(parent: &MapRef, txn: &mut TransactionMut, key: &str) -> MapRef {
+    if let Some(Out::YMap(map)) = parent.get(txn, key) {
+        return map;
+    }
+    parent.insert(txn, key, MapPrelim::default())
+}
+
+/// Writes the fields of `value` that differ from what the map holds.
+fn write_fields(map: &MapRef, txn: &mut TransactionMut, value: Any) {
+    let fields: Vec<(String, Any)> = match value {
+        Any::Map(fields) => fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        other => vec![(WHOLE_VALUE.to_owned(), other)],
+    };
+    for (field, value) in fields {
+        let same = matches!(map.get(txn, &field), Some(Out::Any(ref current)) if *current == value);
+        if !same {
+            map.insert(txn, field, value);
+        }
+    }
+}
+
+/// Reads a component map back into the `Any` serde expects.
+fn read_fields<T: ReadTxn>(map: &MapRef, txn: &T) -> Any {
+    let mut fields = HashMap::new();
+    for (key, value) in map.iter(txn) {
+        if let Out::Any(any) = value {
+            fields.insert(key.to_string(), any);
+        }
+    }
+    if fields.len() == 1
+        && let Some(whole) = fields.get(WHOLE_VALUE)
+    {
+        return whole.clone();
+    }
+    Any::Map(Arc::new(fields))
+}
+
+impl EntityDoc {
+    fn owner_in_txn<T: ReadTxn>(root: &MapRef, txn: &T, entity: &str) -> Option<Option<ReplicaId>> {
+        let Some(Out::YMap(map)) = root.get(txn, entity) else {
+            return None;
+        };
+        match map.get(txn, OWNER) {
+            Some(Out::Any(Any::String(owner))) => Some(ReplicaId::parse(&owner)),
+            _ => Some(None),
+        }
+    }
+}
+
+/// Sends this frame's local entity edits and keeps the shadow in step.
+fn send_entity_updates(doc: Res<EntityDoc>, mut outbox: ResMut<Outbox>) {
+    if let Some(update) = doc.take_local_update() {
+        doc.apply_to_shadow(&update);
+        // The main document's observer saw our own edits: nothing to materialise.
+        std::mem::take(&mut *doc.main_touched.lock().unwrap_or_else(PoisonError::into_inner));
+        outbox.push(
+            Recipients::All,
+            Channel::Reliable,
+            encode_sync(DocId::Entities, yrs::sync::SyncMessage::Update(update)),
+        );
+    }
+}
+
+/// Applies queued remote entity updates (checking ownership of live ones) and
+/// materialises what changed into the world.
+fn apply_remote_entities(world: &mut World) {
+    let now = world.resource::<Time<Real>>().elapsed();
+    let local = world.resource::<LocalPeer>().replica();
+    let config = world.resource::<EntityDocConfig>().clone();
+    let mut present: HashSet<ReplicaId> = HashSet::from([local]);
+    let mut replica_of: HashMap<PeerId, ReplicaId> = HashMap::new();
+    {
+        let mut query = world.query::<(&crate::peer::Peer, &PeerReplica)>();
+        for (peer, replica) in query.iter(world) {
+            present.insert(replica.0);
+            replica_of.insert(peer.id, replica.0);
+        }
+    }
+    let mut refused_from: Vec<PeerId> = Vec::new();
+    {
+        let mut doc = world.resource_mut::<EntityDoc>();
+        let queued = std::mem::take(&mut doc.queued);
+        for (from, update, bytes, live) in queued {
+            if !live {
+                // y-sync catch-up: relayed state, applied as is (see the module docs).
+                doc.apply_to_shadow(&bytes);
+                if let Err(error) = doc.synced.apply_remote(vec![update]) {
+                    error!("a sync update from `{from}` failed to apply: {error}");
+                }
+                continue;
+            }
+            doc.held.push_back(HeldUpdate {
+                from,
+                replica: replica_of.get(&from).copied(),
+                update: bytes,
+                since: now,
+            });
+        }
+        // Live updates, in arrival order; one not yet allowed holds back later ones
+        // from the same sender (yrs needs each client's updates in order anyway).
+        let mut blocked: HashSet<PeerId> = HashSet::new();
+        let mut still_held = VecDeque::new();
+        while let Some(held) = doc.held.pop_front() {
+            if blocked.contains(&held.from) {
+                still_held.push_back(held);
+                continue;
+            }
+            let touched = doc.apply_to_shadow(&held.update);
+            let allowed = held.replica.is_some_and(|r| doc.allowed(&touched, r, &present));
+            if allowed {
+                if let Ok(update) = Update::decode_v1(&held.update)
+                    && let Err(error) = doc.synced.apply_remote(vec![update])
+                {
+                    error!("an update from `{}` failed to apply: {error}", held.from);
+                }
+                continue;
+            }
+            doc.rebuild_shadow();
+            if now.saturating_sub(held.since) >= config.hold_timeout {
+                warn!(
+                    "refused an entity update from peer `{}`: it writes entities that peer does not own",
+                    held.from
+                );
+                doc.refused += 1;
+                refused_from.push(held.from);
+            } else {
+                blocked.insert(held.from);
+                still_held.push_back(held);
+            }
+        }
+        doc.held = still_held;
+    }
+    for from in refused_from {
+        let entity = world.resource::<Peers>().entity(from);
+        if let Some(mut stats) = entity.and_then(|e| world.get_mut::<PeerStats>(e)) {
+            stats.count_drop(DropReason::NotOwner);
+        }
+    }
+    let touched = {
+        let doc = world.resource::<EntityDoc>();
+        std::mem::take(&mut *doc.main_touched.lock().unwrap_or_else(PoisonError::into_inner))
+    };
+    let mut dirty: HashSet<String> = touched.roots;
+    dirty.extend(touched.inner.into_keys());
+    let replicas_changed = std::mem::take(&mut world.resource_mut::<OwnerChanges>().replicas_changed);
+    if replicas_changed {
+        // Presence changed: entities whose owner came or went may appear or vanish.
+        let doc = world.resource::<EntityDoc>();
+        let txn = doc.doc().transact();
+        if let Some(root) = txn.get_map(ENTITIES) {
+            dirty.extend(root.keys(&txn).map(str::to_owned));
+        }
+    }
+    if !dirty.is_empty() {
+        materialise(world, dirty, &present, config.owner_left);
+    }
+}
+
+/// Set when a replica joins or leaves, so entities are re-checked for visibility.
+#[derive(Resource, Default)]
+struct OwnerChanges {
+    replicas_changed: bool,
+}
+
+fn note_replica_changes(mut joined: MessageReader<PeerJoined>, mut left: MessageReader<PeerLeft>, mut changes: ResMut<OwnerChanges>) {
+    if joined.read().count() + left.read().count() > 0 {
+        changes.replicas_changed = true;
+    }
+}
+
+pub(crate) fn presence_hooks(app: &mut App) {
+    app.init_resource::<OwnerChanges>().add_systems(
+        PreUpdate,
+        note_replica_changes
+            .in_set(PeerSyncSystems::Apply)
+            .before(apply_remote_entities),
+    );
+}
+
+/// Brings the world in line with the document for the given entities.
+fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<ReplicaId>, policy: OwnerLeftPolicy) {
+    let local = world.resource::<LocalPeer>().replica();
+    // Read the document first, then touch the world.
+    struct Wanted {
+        id: NetId,
+        owner: Option<ReplicaId>,
+        components: Vec<Option<Any>>,
+    }
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut gone: Vec<NetId> = Vec::new();
+    {
+        let doc = world.resource::<EntityDoc>();
+        let types = world.resource::<DurableTypes>();
+        let txn = doc.doc().transact();
+        let root = txn.get_map(ENTITIES);
+        for key in dirty {
+            let Some(id) = NetId::parse(&key) else { continue };
+            let entry = root.as_ref().and_then(|r| r.get(&txn, &key));
+            let Some(Out::YMap(map)) = entry else {
+                gone.push(id);
+                continue;
+            };
+            let owner = match map.get(&txn, OWNER) {
+                Some(Out::Any(Any::String(o))) => ReplicaId::parse(&o),
+                _ => None,
+            };
+            let visible = match (policy, owner) {
+                (_, Some(o)) if o == local || present.contains(&o) => true,
+                (OwnerLeftPolicy::Orphan, _) => true,
+                (OwnerLeftPolicy::Despawn, _) => false,
+            };
+            if !visible {
+                gone.push(id);
+                continue;
+            }
+            let components = match map.get(&txn, COMPONENTS) {
+                Some(Out::YMap(components)) => types
+                    .0
+                    .iter()
+                    .map(|t| match components.get(&txn, &t.name) {
+                        Some(Out::YMap(fields)) => Some(read_fields(&fields, &txn)),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => vec![None; types.0.len()],
+            };
+            wanted.push(Wanted { id, owner, components });
+        }
+    }
+    for id in gone {
+        if let Some(entity) = world.resource_mut::<NetEntities>().map.remove(&id)
+            && let Ok(entity) = world.get_entity_mut(entity)
+        {
+            entity.despawn();
+        }
+    }
+    let readers: Vec<(fn(&mut EntityWorldMut, &Any) -> Result<(), String>, fn(&mut EntityWorldMut))> = world
+        .resource::<DurableTypes>()
+        .0
+        .iter()
+        .map(|t| (t.read, t.remove))
+        .collect();
+    for want in wanted {
+        let existing = world.resource::<NetEntities>().entity(want.id);
+        let entity = match existing.filter(|e| world.get_entity(*e).is_ok()) {
+            Some(entity) => entity,
+            None => {
+                let entity = world.spawn((Replicated, want.id)).id();
+                world.resource_mut::<NetEntities>().map.insert(want.id, entity);
+                entity
+            }
+        };
+        let mut entity_mut = world.entity_mut(entity);
+        if entity_mut.get::<Owner>() != Some(&Owner(want.owner)) {
+            entity_mut.insert(Owner(want.owner));
+        }
+        if want.owner == Some(local) {
+            // Our own entity: the world is the source of truth.
+            continue;
+        }
+        for ((read, remove), value) in readers.iter().zip(&want.components) {
+            match value {
+                Some(value) => {
+                    if let Err(error) = read(&mut entity_mut, value) {
+                        debug!("entity `{}` holds a value that does not decode: {error}", want.id);
+                    }
+                }
+                None => remove(&mut entity_mut),
+            }
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The room's shared [`yrs`] document: free-form collaborative data (texts, maps,
+//! arrays) that every peer may edit, merged by the CRDT and kept in step with the
+//! y-sync protocol.
+//!
+//! - **Frame batching.** Every local transaction of a frame is collected and leaves as
+//!   one merged update on the reliable channel in [`PeerSyncSystems::Collect`]
+//!   (`PostUpdate`). Do a frame's edits in one transaction where you can: per-edit
+//!   transactions are yrs' slow path.
+//! - **Remote updates** of a frame are applied in one transaction in
+//!   [`PeerSyncSystems::Apply`] (`PreUpdate`), then [`SharedDocChanged`] is written.
+//! - **Joining and rejoining** run y-sync both ways: each side sends its state vector
+//!   (step 1) and answers the other's with exactly the missing diff (step 2), so a late
+//!   joiner or a peer that edited offline converges with everyone, with no host.
+//! - **Bad input** (an update that does not decode, or one over
+//!   [`DocLimits::max_update_size`]) is refused as a whole before it touches the
+//!   document, and counted on the sender's [`PeerStats`].
+//!
+//! ```
+//! use bevy::prelude::*;
+//! use bevy_peer_sync::prelude::*;
+//! use bevy_peer_sync::shared_doc::SharedDoc;
+//! use bevy_peer_sync::testing::TestRoom;
+//! use bevy_peer_sync::yrs::{GetString, Text, Transact};
+//!
+//! let mut room = TestRoom::new(1);
+//! let a = room.add_peer(|_| {});
+//! let b = room.add_peer(|_| {});
+//! room.step_n(3);
+//!
+//! {
+//!     let doc = room.app(a).world().resource::<SharedDoc>();
+//!     let note = doc.text("note");
+//!     note.insert(&mut doc.transact_mut(), 0, "hello");
+//! }
+//! room.step_n(2);
+//! assert_eq!(room.app(b).world().resource::<SharedDoc>().text_string("note"), "hello");
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bevy::prelude::*;
+use bytes::Bytes;
+use yrs::encoding::read::Cursor;
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{
+    ArrayRef, Doc, GetString, MapRef, Origin, ReadTxn, StateVector, TextRef, Transact, TransactionMut,
+    Update,
+};
+
+use crate::PeerSyncSystems;
+use crate::peer::{PeerId, PeerJoined, Peers};
+use crate::session::{Inbox, Outbox, Recipients};
+use crate::stats::{DropReason, PeerStats};
+use crate::transport::Channel;
+use crate::wire::Message;
+
+/// Origin of transactions that apply remote updates.
+pub(crate) const REMOTE_ORIGIN: &str = "bevy_peer_sync/remote";
+
+/// Which document a `Doc` message is for (its first body byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DocId {
+    /// The room's [`SharedDoc`].
+    Room = 0,
+    /// The document behind the durable ECS route.
+    Entities = 1,
+}
+
+impl DocId {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Room),
+            1 => Some(Self::Entities),
+            _ => None,
+        }
+    }
+}
+
+/// Limits on document traffic from peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocLimits {
+    /// The largest yrs update (or sync step 2) accepted from a peer, in bytes.
+    pub max_update_size: usize,
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        Self {
+            max_update_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A yrs document kept in sync with the room: local updates collected per frame,
+/// remote ones applied per frame.
+pub struct SyncedDoc {
+    doc: Doc,
+    local_updates: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Limits on what peers send for this document.
+    pub limits: DocLimits,
+}
+
+impl std::fmt::Debug for SyncedDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncedDoc")
+            .field("client_id", &self.doc.client_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncedDoc {
+    /// Wraps `doc`, collecting every local transaction's update.
+    pub fn new(doc: Doc) -> Self {
+        let local_updates = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&local_updates);
+        doc.observe_update_v1("bevy_peer_sync", move |txn, event| {
+            let remote = txn.origin().is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
+            if !remote {
+                sink.lock().unwrap_or_else(PoisonError::into_inner).push(event.update.clone());
+            }
+        })
+        .expect("a new document has no transaction open");
+        Self {
+            doc,
+            local_updates,
+            limits: DocLimits::default(),
+        }
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// A local read-write transaction. Its changes go out at the end of the frame.
+    pub fn transact_mut(&self) -> TransactionMut<'_> {
+        self.doc.transact_mut()
+    }
+
+    /// The state vector (what this document has seen, per client).
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    /// The whole document as one update (for saving, or a late joiner).
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// Takes this frame's local updates, merged into one.
+    pub fn take_local_update(&self) -> Option<Vec<u8>> {
+        let mut pending = std::mem::take(&mut *self.local_updates.lock().unwrap_or_else(PoisonError::into_inner));
+        match pending.len() {
+            0 => None,
+            1 => pending.pop(),
+            _ => match yrs::merge_updates_v1(&pending) {
+                Ok(merged) => Some(merged),
+                Err(error) => {
+                    // Cannot happen for updates yrs itself produced; send them one by one.
+                    error!("could not merge local updates, sending them apart: {error}");
+                    let merged = pending.pop();
+                    *self.local_updates.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+                    merged
+                }
+            },
+        }
+    }
+
+    /// Applies remote updates in one transaction. Each was decoded already.
+    pub fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+            for update in updates {
+                txn.apply_update(update).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }));
+        result.unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+    }
+
+    /// The diff a peer with state vector `remote` is missing.
+    pub fn diff_for(&self, remote: &StateVector) -> Vec<u8> {
+        self.doc.transact().encode_diff_v1(remote)
+    }
+}
+
+/// Decodes a yrs update from a peer, refusing oversized or malformed ones whole.
+pub(crate) fn decode_update(bytes: &[u8], limits: &DocLimits) -> Result<Update, DropReason> {
+    if bytes.len() > limits.max_update_size {
+        return Err(DropReason::Oversized);
+    }
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        _ => Err(DropReason::Malformed),
+    }
+}
+
+/// A y-sync message for one document, as it travels in a `Doc` wire message.
+pub(crate) fn encode_sync(doc: DocId, message: SyncMessage) -> Message {
+    let mut body = vec![doc as u8];
+    body.extend_from_slice(&YMessage::Sync(message).encode_v1());
+    Message::Doc(Bytes::from(body))
+}
+
+/// Splits a `Doc` wire body into its document and y-sync message.
+pub(crate) fn decode_sync(body: &[u8]) -> Result<(DocId, SyncMessage), DropReason> {
+    let (&first, rest) = body.split_first().ok_or(DropReason::Malformed)?;
+    let doc = DocId::from_byte(first).ok_or(DropReason::Unknown)?;
+    let decoded = catch_unwind(|| {
+        let mut decoder = DecoderV1::new(Cursor::new(rest));
+        YMessage::decode(&mut decoder)
+    });
+    match decoded {
+        Ok(Ok(YMessage::Sync(message))) => Ok((doc, message)),
+        Ok(Ok(_)) => Err(DropReason::Unknown),
+        _ => Err(DropReason::Malformed),
+    }
+}
+
+/// The room's shared document. See the [module docs](self).
+#[derive(Resource, Debug)]
+pub struct SharedDoc {
+    synced: SyncedDoc,
+}
+
+impl Default for SharedDoc {
+    fn default() -> Self {
+        Self::new(Doc::new())
+    }
+}
+
+impl std::ops::Deref for SharedDoc {
+    type Target = SyncedDoc;
+
+    fn deref(&self) -> &SyncedDoc {
+        &self.synced
+    }
+}
+
+impl std::ops::DerefMut for SharedDoc {
+    fn deref_mut(&mut self) -> &mut SyncedDoc {
+        &mut self.synced
+    }
+}
+
+impl SharedDoc {
+    /// Wraps an existing document (e.g. one loaded from disk).
+    pub fn new(doc: Doc) -> Self {
+        Self {
+            synced: SyncedDoc::new(doc),
+        }
+    }
+
+    /// The shared text `name`, created if needed.
+    pub fn text(&self, name: &str) -> TextRef {
+        self.doc().get_or_insert_text(name)
+    }
+
+    /// The shared map `name`, created if needed.
+    pub fn map(&self, name: &str) -> MapRef {
+        self.doc().get_or_insert_map(name)
+    }
+
+    /// The shared array `name`, created if needed.
+    pub fn array(&self, name: &str) -> ArrayRef {
+        self.doc().get_or_insert_array(name)
+    }
+
+    /// The current contents of the shared text `name`.
+    pub fn text_string(&self, name: &str) -> String {
+        let text = self.text(name);
+        text.get_string(&self.doc().transact())
+    }
+}
+
+/// Remote changes were applied to the [`SharedDoc`] this frame.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct SharedDocChanged {
+    /// The peers whose updates were applied.
+    pub from: Vec<PeerId>,
+}
+
+/// Adds the [`SharedDoc`] and its sync. Part of [`crate::PeerSyncPlugin`].
+pub(crate) fn plugin(app: &mut App) {
+    app.init_resource::<SharedDoc>()
+        .add_message::<SharedDocChanged>()
+        .add_systems(PreUpdate, (send_state_vectors, receive_doc_messages).chain().in_set(PeerSyncSystems::Apply))
+        .add_systems(PostUpdate, send_local_updates.in_set(PeerSyncSystems::Collect));
+}
+
+/// Step 1 of y-sync to every peer that just joined, for every synced document.
+fn send_state_vectors(
+    mut joined: MessageReader<PeerJoined>,
+    doc: Res<SharedDoc>,
+    entities: Option<Res<crate::durable::EntityDoc>>,
+    mut outbox: ResMut<Outbox>,
+) {
+    for joined in joined.read() {
+        let to = Recipients::Peer(joined.peer);
+        outbox.push(to, Channel::Reliable, encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())));
+        if let Some(entities) = &entities {
+            outbox.push(
+                to,
+                Channel::Reliable,
+                encode_sync(DocId::Entities, SyncMessage::SyncStep1(entities.state_vector())),
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum MessageKind {
+    Sync,
+    Update,
+}
+
+/// Routes `Doc` messages: answers step 1, applies step 2 and updates.
+pub(crate) fn receive_doc_messages(
+    mut inbox: ResMut<Inbox>,
+    doc: Res<SharedDoc>,
+    mut entity_doc: Option<ResMut<crate::durable::EntityDoc>>,
+    peers: Res<Peers>,
+    mut stats: Query<&mut PeerStats>,
+    mut outbox: ResMut<Outbox>,
+    mut changed: MessageWriter<SharedDocChanged>,
+) {
+    if inbox.doc.is_empty() {
+        return;
+    }
+    let mut room_updates = Vec::new();
+    let mut room_from = Vec::new();
+    let mut drop = |peer: PeerId, reason: DropReason, what: &str| {
+        debug!("refused {what} from peer `{peer}`: {reason:?}");
+        if let Some(mut stats) = peers.entity(peer).and_then(|e| stats.get_mut(e).ok()) {
+            stats.count_drop(reason);
+        }
+    };
+    for (peer, body) in std::mem::take(&mut inbox.doc) {
+        let (doc_id, message) = match decode_sync(&body) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                drop(peer, reason, "a document message");
+                continue;
+            }
+        };
+        let synced: &SyncedDoc = match doc_id {
+            DocId::Room => &doc,
+            DocId::Entities => match &entity_doc {
+                Some(entities) => entities,
+                None => {
+                    drop(peer, DropReason::Unknown, "an entity document message");
+                    continue;
+                }
+            },
+        };
+        let message_kind = match &message {
+            SyncMessage::Update(_) => MessageKind::Update,
+            _ => MessageKind::Sync,
+        };
+        match message {
+            SyncMessage::SyncStep1(remote) => {
+                let diff = synced.diff_for(&remote);
+                outbox.push(Recipients::Peer(peer), Channel::Reliable, encode_sync(doc_id, SyncMessage::SyncStep2(diff)));
+            }
+            SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
+                let live = matches!(message_kind, MessageKind::Update);
+                let update = match decode_update(&bytes, &synced.limits) {
+                    Ok(update) => update,
+                    Err(reason) => {
+                        drop(peer, reason, "a document update");
+                        continue;
+                    }
+                };
+                match doc_id {
+                    DocId::Room => {
+                        room_updates.push(update);
+                        if !room_from.contains(&peer) {
+                            room_from.push(peer);
+                        }
+                    }
+                    DocId::Entities => {
+                        if let Some(entities) = entity_doc.as_mut() {
+                            entities.queue_remote(peer, update, bytes, live);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Err(error) = doc.apply_remote(room_updates) {
+        error!("a remote update failed to apply to the shared document: {error}");
+    }
+    if !room_from.is_empty() {
+        changed.write(SharedDocChanged { from: room_from });
+    }
+}
+
+/// Sends this frame's local edits, merged into one update per document.
+fn send_local_updates(doc: Res<SharedDoc>, mut outbox: ResMut<Outbox>) {
+    if let Some(update) = doc.take_local_update() {
+        outbox.push(Recipients::All, Channel::Reliable, encode_sync(DocId::Room, SyncMessage::Update(update)));
+    }
+}
