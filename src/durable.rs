@@ -26,7 +26,8 @@
 //! ```text
 //! Y.Map "entities"
 //!   "<creator replica hex>-<counter>": Y.Map
-//!     "owner": "<replica hex>"            // "" while orphaned
+//!     "owner": "<replica hex>"
+//!     "past_owners": ["<replica hex>", ...]   // after hand-overs and claims
 //!     "components": Y.Map
 //!       "<type name>": Y.Map { "<field>": value, ... }   // "_" for non-struct values
 //! ```
@@ -56,6 +57,7 @@ use crate::transport::Channel;
 
 const ENTITIES: &str = "entities";
 const OWNER: &str = "owner";
+const PAST_OWNERS: &str = "past_owners";
 const COMPONENTS: &str = "components";
 const WHOLE_VALUE: &str = "_";
 
@@ -189,6 +191,8 @@ pub struct EntityDoc {
     main_touched: Arc<Mutex<Touched>>,
     held: VecDeque<HeldUpdate>,
     queued: Vec<(PeerId, Update, Vec<u8>, bool)>,
+    /// Entities seen deleted from the document: edits racing their despawn are harmless.
+    tombstones: HashSet<String>,
     /// Updates refused for writing what the sender does not own.
     pub refused: u64,
 }
@@ -264,6 +268,7 @@ impl EntityDoc {
             main_touched,
             held: VecDeque::new(),
             queued: Vec::new(),
+            tombstones: HashSet::new(),
             refused: 0,
         }
     }
@@ -289,13 +294,22 @@ impl EntityDoc {
         self.shadow_touched = touched;
     }
 
-    fn apply_to_shadow(&self, bytes: &[u8]) -> Touched {
+    /// Applies an update to the shadow and reports what it touched, and whether it
+    /// integrated completely (an update whose dependencies have not arrived stays
+    /// pending in yrs and would be integrated later by someone else's update, so it
+    /// waits instead).
+    fn apply_to_shadow(&self, bytes: &[u8]) -> (Touched, bool) {
         if let Ok(update) = Update::decode_v1(bytes) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.shadow.transact_mut_with(REMOTE_ORIGIN).apply_update(update)
             }));
         }
-        std::mem::take(&mut *self.shadow_touched.lock().unwrap_or_else(PoisonError::into_inner))
+        let complete = {
+            let txn = self.shadow.transact();
+            txn.store().pending_update().is_none() && txn.store().pending_ds().is_none()
+        };
+        let touched = std::mem::take(&mut *self.shadow_touched.lock().unwrap_or_else(PoisonError::into_inner));
+        (touched, complete)
     }
 
     /// The owner recorded for `entity` in the main document (`Some(None)`: orphaned,
@@ -312,9 +326,25 @@ impl EntityDoc {
         }
     }
 
+    /// Whether `replica` owns `entity` in `doc` or owned it before (a past owner's
+    /// edits may still be in flight when the hand-over lands).
+    fn may_write(doc: &Doc, entity: &str, replica: ReplicaId) -> bool {
+        let txn = doc.transact();
+        let Some(root) = txn.get_map(ENTITIES) else { return false };
+        let Some(Out::YMap(map)) = root.get(&txn, entity) else {
+            return false;
+        };
+        let owner = replica.to_string();
+        if matches!(map.get(&txn, OWNER), Some(Out::Any(Any::String(o))) if *o == *owner) {
+            return true;
+        }
+        matches!(map.get(&txn, PAST_OWNERS), Some(Out::Any(Any::Array(past)))
+            if past.iter().any(|p| matches!(p, Any::String(p) if **p == *owner)))
+    }
+
     /// Whether a change `touched` by replica `sender` is allowed, judged against the
     /// main document (before) and the shadow (after).
-    fn allowed(&self, touched: &Touched, sender: ReplicaId, present: &HashSet<ReplicaId>) -> bool {
+    fn allowed(&self, touched: &Touched, sender: ReplicaId, policy: OwnerLeftPolicy) -> bool {
         let main = self.synced.doc();
         for entity in &touched.roots {
             match Self::owner_in(main, entity) {
@@ -326,25 +356,26 @@ impl EntityDoc {
                         return false;
                     }
                 }
-                Some(owner) if owner == Some(sender) => {}
+                Some(_) if Self::may_write(main, entity, sender) => {}
                 Some(_) => return false,
             }
         }
         for (entity, keys) in &touched.inner {
-            if touched.roots.contains(entity) {
+            if keys.is_empty() || touched.roots.contains(entity) || Self::may_write(main, entity, sender) {
                 continue;
             }
-            match Self::owner_in(main, entity) {
-                Some(Some(owner)) if owner == sender => {}
-                Some(owner) => {
-                    // A claim: only the owner key, only to the sender, only if orphaned.
-                    let orphaned = owner.is_none_or(|o| !present.contains(&o));
-                    let claims_self = Self::owner_in(&self.shadow, entity) == Some(Some(sender));
-                    if !(orphaned && claims_self && keys.iter().all(|k| k == OWNER)) {
-                        return false;
-                    }
+            if Self::owner_in(main, entity).is_none() {
+                // An edit racing the entity's despawn lands in a deleted map: harmless.
+                if self.tombstones.contains(entity) {
+                    continue;
                 }
-                None => return false,
+                return false;
+            }
+            // A claim of an orphan: only the owner keys, only to the sender.
+            let claims_self = Self::owner_in(&self.shadow, entity) == Some(Some(sender));
+            let only_owner_keys = keys.iter().all(|k| k == OWNER || k == PAST_OWNERS);
+            if !(policy == OwnerLeftPolicy::Orphan && claims_self && only_owner_keys) {
+                return false;
             }
         }
         true
@@ -526,7 +557,7 @@ fn assign_net_ids(
 /// transaction.
 #[allow(clippy::too_many_arguments)]
 fn flush_staged(
-    doc: Res<EntityDoc>,
+    mut doc: ResMut<EntityDoc>,
     types: Res<DurableTypes>,
     local: Res<LocalPeer>,
     mut staged: ResMut<Staged>,
@@ -547,6 +578,7 @@ fn flush_staged(
         return;
     }
     let root = doc.root();
+    let mut tombstones = Vec::new();
     let mut txn = doc.transact_mut();
     for (id, index, value) in staged.values.drain(..) {
         let key = id.to_string();
@@ -577,6 +609,7 @@ fn flush_staged(
         net.map.remove(&id);
         if EntityDoc::owner_in_txn(&root, &txn, &id.to_string()) == Some(Some(me)) {
             root.remove(&mut txn, &id.to_string());
+            tombstones.push(id.to_string());
         }
     }
     for transfer in transfers {
@@ -586,7 +619,7 @@ fn flush_staged(
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
-            entity_map.insert(&mut txn, OWNER, transfer.to.to_string());
+            set_owner(&entity_map, &mut txn, transfer.to, Some(me));
             commands.entity(transfer.entity).insert(Owner(Some(transfer.to)));
         }
     }
@@ -599,10 +632,28 @@ fn flush_staged(
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
-            entity_map.insert(&mut txn, OWNER, me.to_string());
+            set_owner(&entity_map, &mut txn, me, owner.0);
             commands.entity(claim.entity).insert(Owner(Some(me)));
         }
     }
+    drop(txn);
+    doc.tombstones.extend(tombstones);
+}
+
+/// Records a new owner, remembering the previous one.
+fn set_owner(entity_map: &MapRef, txn: &mut TransactionMut, owner: ReplicaId, previous: Option<ReplicaId>) {
+    let mut past: Vec<Any> = match entity_map.get(txn, PAST_OWNERS) {
+        Some(Out::Any(Any::Array(past))) => past.to_vec(),
+        _ => Vec::new(),
+    };
+    if let Some(previous) = previous {
+        let previous = Any::from(previous.to_string());
+        if !past.contains(&previous) {
+            past.push(previous);
+        }
+    }
+    entity_map.insert(txn, PAST_OWNERS, Any::Array(past.into()));
+    entity_map.insert(txn, OWNER, owner.to_string());
 }
 
 fn entity_map(root: &MapRef, txn: &mut TransactionMut, key: &str, owner: ReplicaId) -> MapRef {
@@ -722,8 +773,8 @@ fn apply_remote_entities(world: &mut World) {
                 still_held.push_back(held);
                 continue;
             }
-            let touched = doc.apply_to_shadow(&held.update);
-            let allowed = held.replica.is_some_and(|r| doc.allowed(&touched, r, &present));
+            let (touched, complete) = doc.apply_to_shadow(&held.update);
+            let allowed = complete && held.replica.is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
             if allowed {
                 if let Ok(update) = Update::decode_v1(&held.update)
                     && let Err(error) = doc.synced.apply_remote(vec![update])
@@ -844,6 +895,12 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
             wanted.push(Wanted { id, owner, components });
         }
     }
+    {
+        let mut doc = world.resource_mut::<EntityDoc>();
+        for id in &gone {
+            doc.tombstones.insert(id.to_string());
+        }
+    }
     for id in gone {
         if let Some(entity) = world.resource_mut::<NetEntities>().map.remove(&id)
             && let Ok(entity) = world.get_entity_mut(entity)
@@ -871,10 +928,8 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
         if entity_mut.get::<Owner>() != Some(&Owner(want.owner)) {
             entity_mut.insert(Owner(want.owner));
         }
-        if want.owner == Some(local) {
-            // Our own entity: the world is the source of truth.
-            continue;
-        }
+        // Even for our own entities the document wins: a past owner's edit made
+        // before it saw the hand-over may have won a field, on every peer alike.
         for ((read, remove), value) in readers.iter().zip(&want.components) {
             match value {
                 Some(value) => {

@@ -142,6 +142,13 @@ impl Default for LocalPeer {
 }
 
 impl LocalPeer {
+    /// A local peer with a chosen replica id (tests pin it for reproducible runs; a
+    /// game may persist it to keep ownership across restarts). Insert it before
+    /// adding [`crate::PeerSyncPlugin`].
+    pub fn with_replica(replica: ReplicaId) -> Self {
+        Self { id: None, replica }
+    }
+
     /// The local replica id (stable across reconnects of this app).
     pub fn replica(&self) -> ReplicaId {
         self.replica

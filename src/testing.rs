@@ -10,7 +10,7 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 
 use crate::PeerSyncPlugin;
-use crate::peer::{PeerId, PeerLink, Peers};
+use crate::peer::{LocalPeer, PeerId, PeerLink, Peers, ReplicaId};
 use crate::session::PayloadReceived;
 use crate::transport::memory::{MemoryEndpoint, MemoryNetwork};
 
@@ -22,6 +22,7 @@ pub struct TestRoom {
     /// The network they share (set conditioners, cut links, read stats).
     pub network: MemoryNetwork,
     apps: Vec<App>,
+    seed: u64,
 }
 
 impl TestRoom {
@@ -30,14 +31,23 @@ impl TestRoom {
         Self {
             network: MemoryNetwork::new(seed),
             apps: Vec::new(),
+            seed,
         }
     }
 
-    /// An app on this room's network with `MinimalPlugins`, a 60 Hz pinned clock and
-    /// [`PeerSyncPlugin::in_memory`], not yet added to the room.
+    /// An app on this room's network with `MinimalPlugins`, a 60 Hz pinned clock,
+    /// a replica id derived from the room's seed and [`PeerSyncPlugin::in_memory`],
+    /// not yet added to the room.
     pub fn new_app(&self) -> App {
+        // SplitMix64 of (seed, index): distinct, reproducible, 53-bit like yrs ids.
+        let mut z = self.seed.wrapping_add((self.apps.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let replica = ReplicaId((z & ((1 << 53) - 1)) | 1);
         let mut app = App::new();
         app.add_plugins(MinimalPlugins)
+            .insert_resource(LocalPeer::with_replica(replica))
             .insert_resource(TimeUpdateStrategy::ManualDuration(FRAME))
             .add_plugins(PeerSyncPlugin::in_memory(&self.network));
         app

@@ -1,0 +1,356 @@
+//! The durable route over the in-memory transport: lifecycle, fields, ownership,
+//! forged writes, late joiners, and a seeded convergence run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_peer_sync::durable::{EntityDoc, EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::testing::TestRoom;
+use bevy_peer_sync::transport::memory::LinkConditioner;
+use bevy_peer_sync::yrs::{Any, Map, Out, ReadTxn, Text, Transact};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+struct Card {
+    x: i64,
+    y: i64,
+    label: String,
+}
+
+#[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+struct Score(u32);
+
+fn setup(app: &mut App) {
+    app.sync_component::<Card>(Route::Durable).sync_component::<Score>(Route::Durable);
+}
+
+fn orphan_setup(app: &mut App) {
+    setup(app);
+    app.insert_resource(EntityDocConfig {
+        owner_left: OwnerLeftPolicy::Orphan,
+        hold_timeout: Duration::from_secs(2),
+    });
+}
+
+type State = BTreeMap<NetId, (Option<ReplicaId>, Option<Card>, Option<Score>)>;
+
+fn state(room: &mut TestRoom, peer: usize) -> State {
+    let world = room.app_mut(peer).world_mut();
+    world
+        .query::<(&NetId, &Owner, Option<&Card>, Option<&Score>)>()
+        .iter(world)
+        .map(|(id, owner, card, score)| (*id, (owner.0, card.cloned(), score.cloned())))
+        .collect()
+}
+
+fn spawn(room: &mut TestRoom, peer: usize, card: Card) -> Entity {
+    let entity = room.app_mut(peer).world_mut().spawn((Replicated, card)).id();
+    entity
+}
+
+fn card(x: i64, label: &str) -> Card {
+    Card {
+        x,
+        y: 0,
+        label: label.into(),
+    }
+}
+
+fn replica(room: &TestRoom, peer: usize) -> ReplicaId {
+    room.app(peer).world().resource::<LocalPeer>().replica()
+}
+
+#[test]
+fn spawn_edit_and_despawn_reach_every_peer() {
+    let mut room = TestRoom::new(21);
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = spawn(&mut room, 0, card(1, "first"));
+    room.app_mut(0).world_mut().entity_mut(entity).insert(Score(7));
+    room.step_n(3);
+    let expected = state(&mut room, 0);
+    assert_eq!(expected.len(), 1);
+    let (owner, card_value, score) = expected.values().next().unwrap().clone();
+    assert_eq!(owner, Some(replica(&room, 0)));
+    assert_eq!(card_value, Some(card(1, "first")));
+    assert_eq!(score, Some(Score(7)));
+    for peer in [1, 2] {
+        assert_eq!(state(&mut room, peer), expected, "peer {peer} after spawn");
+    }
+
+    room.app_mut(0).world_mut().get_mut::<Card>(entity).unwrap().y = 5;
+    room.app_mut(0).world_mut().entity_mut(entity).remove::<Score>();
+    room.step_n(3);
+    let expected = state(&mut room, 0);
+    for peer in [1, 2] {
+        assert_eq!(state(&mut room, peer), expected, "peer {peer} after edit");
+    }
+    assert_eq!(expected.values().next().unwrap().1.as_ref().unwrap().y, 5);
+    assert!(expected.values().next().unwrap().2.is_none());
+
+    room.app_mut(0).world_mut().entity_mut(entity).despawn();
+    room.step_n(3);
+    for peer in 0..3 {
+        assert!(state(&mut room, peer).is_empty(), "peer {peer} after despawn");
+    }
+}
+
+#[test]
+fn simultaneous_spawns_never_collide() {
+    let mut room = TestRoom::new(22);
+    for _ in 0..4 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    for peer in 0..4 {
+        for n in 0..25 {
+            spawn(&mut room, peer, card(n, "same frame"));
+        }
+    }
+    room.step_n(4);
+    let expected = state(&mut room, 0);
+    assert_eq!(expected.len(), 100);
+    for peer in 1..4 {
+        assert_eq!(state(&mut room, peer), expected);
+    }
+}
+
+#[test]
+fn ownership_hands_over_and_only_the_owner_writes() {
+    let mut room = TestRoom::new(23);
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = spawn(&mut room, 0, card(1, "a's"));
+    room.step_n(3);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    let on_b = room.app(1).world().resource::<NetEntities>().entity(id).unwrap();
+
+    // B edits an entity it does not own: nothing leaves B, nothing changes elsewhere.
+    room.app_mut(1).world_mut().get_mut::<Card>(on_b).unwrap().x = 99;
+    room.step_n(3);
+    assert_eq!(room.app(0).world().get::<Card>(entity).unwrap().x, 1);
+
+    let b = replica(&room, 1);
+    room.app_mut(0).world_mut().write_message(TransferOwnership { entity, to: b });
+    room.step_n(3);
+    for peer in 0..3 {
+        let st = state(&mut room, peer);
+        assert_eq!(st[&id].0, Some(b), "peer {peer} sees b as owner");
+    }
+    room.app_mut(1).world_mut().get_mut::<Card>(on_b).unwrap().x = 42;
+    room.step_n(3);
+    let expected = state(&mut room, 1);
+    assert_eq!(expected[&id].1.as_ref().unwrap().x, 42);
+    for peer in [0, 2] {
+        assert_eq!(state(&mut room, peer), expected, "peer {peer}");
+    }
+}
+
+#[test]
+fn forged_writes_to_an_entity_the_sender_does_not_own_are_refused_whole() {
+    let mut room = TestRoom::new(24);
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = spawn(&mut room, 0, card(1, "a's"));
+    room.step_n(3);
+    let id = room.app(0).world().get::<NetId>(entity).unwrap().to_string();
+    let before_a = state(&mut room, 0);
+    let sv_a = room.app(0).world().resource::<EntityDoc>().state_vector();
+
+    // Peer 1 bypasses the API and writes peer 0's entity straight into its document,
+    // plus a spawn of its own in the same update.
+    {
+        let doc = room.app(1).world().resource::<EntityDoc>();
+        let root = doc.doc().get_or_insert_map("entities");
+        let mut txn = doc.transact_mut();
+        let Some(Out::YMap(target)) = root.get(&txn, &id) else {
+            panic!("entity is in the document")
+        };
+        target.insert(&mut txn, "owner", replica(&room, 1).to_string());
+        let Some(Out::YMap(components)) = target.get(&txn, "components") else {
+            panic!("components map")
+        };
+        let Some(Out::YMap(card_map)) = components.get(&txn, std::any::type_name::<Card>()) else {
+            panic!("card map")
+        };
+        card_map.insert(&mut txn, "x", Any::from(666_i64));
+    }
+    // Held for the timeout (2 s default is 3 s), then refused.
+    room.step_n(200);
+    for peer in [0, 2] {
+        assert_eq!(state(&mut room, peer), before_a, "peer {peer} unchanged");
+        let doc = room.app(peer).world().resource::<EntityDoc>();
+        assert_eq!(doc.refused, 1, "peer {peer} refused one update");
+        let sv = doc.state_vector();
+        assert_eq!(sv.get(&bevy_peer_sync::yrs::block::ClientID::new(replica(&room, 1).0)), 0, "peer {peer}: nothing of the forger applied");
+    }
+    assert_eq!(room.app(0).world().resource::<EntityDoc>().state_vector(), sv_a);
+    let world = room.app_mut(0).world_mut();
+    let dropped: u64 = world
+        .query::<&PeerStats>()
+        .iter(world)
+        .map(|s| s.dropped(DropReason::NotOwner))
+        .sum();
+    assert_eq!(dropped, 1);
+}
+
+#[test]
+fn a_late_joiner_receives_a_thousand_entities_and_a_b4_sized_text() {
+    let mut room = TestRoom::new(25);
+    let a = room.add_peer(setup);
+    room.step_n(2);
+    for n in 0..1_000 {
+        spawn(&mut room, a, card(n, "item"));
+    }
+    let text: String = (0..260_000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        doc.text("paper").insert(&mut doc.transact_mut(), 0, &text);
+    }
+    room.step_n(2);
+    let b = room.add_peer(setup);
+    assert!(room.step_until(30, |room| state(room, b).len() == 1_000));
+    assert_eq!(state(&mut room, b), state(&mut room, a));
+    assert_eq!(room.app(b).world().resource::<SharedDoc>().text_string("paper"), text);
+}
+
+fn doc_state_vector(room: &TestRoom, peer: usize) -> Vec<(u64, u32)> {
+    let sv = room.app(peer).world().resource::<EntityDoc>().state_vector();
+    let mut entries: Vec<(u64, u32)> = sv.iter().map(|(c, k)| (c.get(), *k)).collect();
+    entries.sort();
+    entries
+}
+
+/// N peers, seeded random spawns, despawns, field edits, hand-overs and claims, over
+/// a lossy, reordering link, with a partition that heals and a peer that leaves and
+/// comes back. Every peer must end with the same world and the same document.
+fn convergence_run(seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let peers = rng.random_range(3..=5);
+    let mut room = TestRoom::new(seed);
+    room.network.set_default_conditioner(LinkConditioner {
+        loss: 0.15,
+        latency: Duration::from_millis(rng.random_range(5..60)),
+        jitter: Duration::from_millis(20),
+        reorder: 0.2,
+        duplicate: 0.1,
+    });
+    for _ in 0..peers {
+        room.add_peer(orphan_setup);
+    }
+    assert!(room.step_until(120, TestRoom::fully_connected), "seed {seed}: mesh did not form");
+    let isolated = rng.random_range(0..peers);
+    let leaver = (isolated + 1) % peers;
+    for frame in 0..360 {
+        match frame {
+            60 => room.network.set_isolated(room.peer_id(isolated).unwrap(), true),
+            150 => room.network.set_isolated(room.peer_id(isolated).unwrap(), false),
+            200 => room.disconnect(leaver),
+            260 => room.reconnect(leaver),
+            _ => {}
+        }
+        for peer in 0..peers {
+            if !rng.random_bool(0.3) {
+                continue;
+            }
+            let me = replica(&room, peer);
+            let world = room.app_mut(peer).world_mut();
+            let owned: Vec<(Entity, Option<ReplicaId>)> = world
+                .query::<(Entity, &Owner)>()
+                .iter(world)
+                .map(|(e, o)| (e, o.0))
+                .collect();
+            let mine: Vec<Entity> = owned.iter().filter(|(_, o)| *o == Some(me)).map(|(e, _)| *e).collect();
+            match rng.random_range(0..10) {
+                0..=2 => {
+                    world.spawn((Replicated, card(rng.random_range(0..100), "spawned")));
+                }
+                3..=6 if !mine.is_empty() => {
+                    let entity = mine[rng.random_range(0..mine.len())];
+                    if let Some(mut card) = world.get_mut::<Card>(entity) {
+                        match rng.random_range(0..3) {
+                            0 => card.x = rng.random_range(-1000..1000),
+                            1 => card.y = rng.random_range(-1000..1000),
+                            _ => card.label = format!("edit {frame}"),
+                        }
+                    }
+                }
+                7 if !mine.is_empty() => {
+                    let entity = mine[rng.random_range(0..mine.len())];
+                    world.entity_mut(entity).despawn();
+                }
+                8 if !mine.is_empty() => {
+                    let entity = mine[rng.random_range(0..mine.len())];
+                    let others: Vec<ReplicaId> = world.query::<&bevy_peer_sync::peer::PeerReplica>().iter(world).map(|r| r.0).collect();
+                    if !others.is_empty() {
+                        let to = others[rng.random_range(0..others.len())];
+                        world.write_message(TransferOwnership { entity, to });
+                    }
+                }
+                9 => {
+                    let present: Vec<ReplicaId> = world.query::<&bevy_peer_sync::peer::PeerReplica>().iter(world).map(|r| r.0).collect();
+                    let orphans: Vec<Entity> = owned
+                        .iter()
+                        .filter(|(_, o)| o.is_none_or(|o| o != me && !present.contains(&o)))
+                        .map(|(e, _)| *e)
+                        .collect();
+                    if !orphans.is_empty() {
+                        let entity = orphans[rng.random_range(0..orphans.len())];
+                        world.write_message(ClaimOwnership { entity });
+                    }
+                }
+                _ => {}
+            }
+        }
+        room.step();
+    }
+    room.network.set_default_conditioner(LinkConditioner::PERFECT);
+    let settled = room.step_until(600, |room| {
+        let first = state(room, 0);
+        let sv = doc_state_vector(room, 0);
+        (1..peers).all(|p| state(room, p) == first && doc_state_vector(room, p) == sv)
+    });
+    if !settled {
+        for p in 0..peers {
+            eprintln!("peer {p}: {} entities, sv {:?}", state(&mut room, p).len(), doc_state_vector(&room, p));
+        }
+    }
+    assert!(settled, "seed {seed}: peers did not converge (rerun with this seed)");
+}
+
+#[test]
+fn random_edits_partitions_and_rejoins_converge() {
+    let base: u64 = std::env::var("PEER_SYNC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    for seed in base..base + 8 {
+        convergence_run(seed);
+    }
+}
+
+#[test]
+fn shared_text_merges_concurrent_typing() {
+    let mut room = TestRoom::new(26);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    for (peer, word) in [(a, "hello "), (b, "world")] {
+        let doc = room.app(peer).world().resource::<SharedDoc>();
+        doc.text("note").insert(&mut doc.transact_mut(), 0, word);
+    }
+    room.step_n(3);
+    let on_a = room.app(a).world().resource::<SharedDoc>().text_string("note");
+    let on_b = room.app(b).world().resource::<SharedDoc>().text_string("note");
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.len(), 11);
+    let doc = room.app(a).world().resource::<SharedDoc>();
+    let _ = doc.doc().transact().state_vector();
+}
