@@ -18,6 +18,14 @@
 //! a whole and counted as [`DropReason::NotOwner`]: the document is never changed by
 //! it. The check runs the update against a shadow copy of the document first.
 //!
+//! Every peer must judge an update the same way whatever order updates arrive in, or
+//! the room would split. Two rules follow from that: a replica that has owned an
+//! entity keeps write access to it (its edits may still be in flight when the
+//! hand-over lands; concurrent edits then merge per field), and a claim under
+//! [`OwnerLeftPolicy::Orphan`] is judged on its content alone (it may only set the
+//! owner to its sender), since "the owner has left" is each peer's own view. Hand-overs
+//! are for cooperation, not for revoking a misbehaving peer.
+//!
 //! y-sync catch-up (a late joiner, a healed partition) carries other peers' edits
 //! relayed by the sender and is applied without the ownership check: peers are
 //! trusted to relay, as nothing in an unsigned CRDT update proves its author.
@@ -27,7 +35,7 @@
 //! Y.Map "entities"
 //!   "<creator replica hex>-<counter>": Y.Map
 //!     "owner": "<replica hex>"
-//!     "past_owners": ["<replica hex>", ...]   // after hand-overs and claims
+//!     "owners": Y.Map { "<replica hex>": true, ... }   // everyone who has owned it
 //!     "components": Y.Map
 //!       "<type name>": Y.Map { "<field>": value, ... }   // "_" for non-struct values
 //! ```
@@ -57,7 +65,7 @@ use crate::transport::Channel;
 
 const ENTITIES: &str = "entities";
 const OWNER: &str = "owner";
-const PAST_OWNERS: &str = "past_owners";
+const OWNERS: &str = "owners";
 const COMPONENTS: &str = "components";
 const WHOLE_VALUE: &str = "_";
 
@@ -236,6 +244,9 @@ fn observe_touches(doc: &Doc) -> Arc<Mutex<Touched>> {
                 Some(PathSegment::Key(entity)) => {
                     let keys = touched.inner.entry(entity.to_string()).or_default();
                     match (path.get(1), event) {
+                        (Some(PathSegment::Key(key)), Event::Map(e)) if path.len() == 2 && &**key == OWNERS => {
+                            keys.extend(e.keys(txn).keys().map(|k| format!("{OWNERS}/{k}")));
+                        }
                         (Some(PathSegment::Key(key)), _) => {
                             keys.insert(key.to_string());
                         }
@@ -326,8 +337,10 @@ impl EntityDoc {
         }
     }
 
-    /// Whether `replica` owns `entity` in `doc` or owned it before (a past owner's
-    /// edits may still be in flight when the hand-over lands).
+    /// Whether `replica` owns `entity` in `doc` or has owned it: a replica keeps
+    /// write access to what it once owned, so that its edits in flight when a
+    /// hand-over or claim lands are judged the same on every peer, whatever order
+    /// they arrive in. (Concurrent writes then merge per field, one winner.)
     fn may_write(doc: &Doc, entity: &str, replica: ReplicaId) -> bool {
         let txn = doc.transact();
         let Some(root) = txn.get_map(ENTITIES) else { return false };
@@ -338,8 +351,7 @@ impl EntityDoc {
         if matches!(map.get(&txn, OWNER), Some(Out::Any(Any::String(o))) if *o == *owner) {
             return true;
         }
-        matches!(map.get(&txn, PAST_OWNERS), Some(Out::Any(Any::Array(past)))
-            if past.iter().any(|p| matches!(p, Any::String(p) if **p == *owner)))
+        matches!(map.get(&txn, OWNERS), Some(Out::YMap(owners)) if owners.contains_key(&txn, &owner))
     }
 
     /// Whether a change `touched` by replica `sender` is allowed, judged against the
@@ -371,10 +383,11 @@ impl EntityDoc {
                 }
                 return false;
             }
-            // A claim of an orphan: only the owner keys, only to the sender.
-            let claims_self = Self::owner_in(&self.shadow, entity) == Some(Some(sender));
-            let only_owner_keys = keys.iter().all(|k| k == OWNER || k == PAST_OWNERS);
-            if !(policy == OwnerLeftPolicy::Orphan && claims_self && only_owner_keys) {
+            // A claim of an orphan: only the owner keys, adding only the sender. Judged
+            // on the update alone, so every peer judges it alike.
+            let own_entry = format!("{OWNERS}/{sender}");
+            let only_owner_keys = keys.iter().all(|k| k == OWNER || k == OWNERS || *k == own_entry);
+            if !(policy == OwnerLeftPolicy::Orphan && only_owner_keys) {
                 return false;
             }
         }
@@ -619,7 +632,7 @@ fn flush_staged(
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
-            set_owner(&entity_map, &mut txn, transfer.to, Some(me));
+            set_owner(&entity_map, &mut txn, transfer.to);
             commands.entity(transfer.entity).insert(Owner(Some(transfer.to)));
         }
     }
@@ -632,7 +645,7 @@ fn flush_staged(
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
-            set_owner(&entity_map, &mut txn, me, owner.0);
+            set_owner(&entity_map, &mut txn, me);
             commands.entity(claim.entity).insert(Owner(Some(me)));
         }
     }
@@ -640,19 +653,12 @@ fn flush_staged(
     doc.tombstones.extend(tombstones);
 }
 
-/// Records a new owner, remembering the previous one.
-fn set_owner(entity_map: &MapRef, txn: &mut TransactionMut, owner: ReplicaId, previous: Option<ReplicaId>) {
-    let mut past: Vec<Any> = match entity_map.get(txn, PAST_OWNERS) {
-        Some(Out::Any(Any::Array(past))) => past.to_vec(),
-        _ => Vec::new(),
-    };
-    if let Some(previous) = previous {
-        let previous = Any::from(previous.to_string());
-        if !past.contains(&previous) {
-            past.push(previous);
-        }
+/// Records a new owner, and adds it to everyone who has owned the entity.
+fn set_owner(entity_map: &MapRef, txn: &mut TransactionMut, owner: ReplicaId) {
+    let owners = child_map(entity_map, txn, OWNERS);
+    if !owners.contains_key(txn, &owner.to_string()) {
+        owners.insert(txn, owner.to_string(), true);
     }
-    entity_map.insert(txn, PAST_OWNERS, Any::Array(past.into()));
     entity_map.insert(txn, OWNER, owner.to_string());
 }
 
@@ -661,8 +667,8 @@ fn entity_map(root: &MapRef, txn: &mut TransactionMut, key: &str, owner: Replica
         return map;
     }
     let map = root.insert(txn, key, MapPrelim::default());
-    map.insert(txn, OWNER, owner.to_string());
     map.insert(txn, COMPONENTS, MapPrelim::default());
+    set_owner(&map, txn, owner);
     map
 }
 

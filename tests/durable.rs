@@ -354,3 +354,80 @@ fn shared_text_merges_concurrent_typing() {
     let doc = room.app(a).world().resource::<SharedDoc>();
     let _ = doc.doc().transact().state_vector();
 }
+
+#[test]
+fn malformed_and_oversized_document_updates_are_refused_without_harm() {
+    use bevy_peer_sync::transport::Packet;
+    use bevy_peer_sync::wire::{self, Message};
+    use bytes::Bytes;
+
+    let mut room = TestRoom::new(27);
+    let a = room.add_peer(setup);
+    let b = room.add_peer(setup);
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    spawn(&mut room, a, card(3, "kept"));
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        doc.text("note").insert(&mut doc.transact_mut(), 0, "intact");
+    }
+    room.step_n(3);
+    let before = state(&mut room, b);
+    let text_before = room.app(b).world().resource::<SharedDoc>().text_string("note");
+
+    // A real update to mutate: one more edit on a, captured but never sent.
+    let valid = {
+        let doc = bevy_peer_sync::yrs::Doc::new();
+        let text = doc.get_or_insert_text("note");
+        text.insert(&mut doc.transact_mut(), 0, "some text to corrupt");
+        doc.transact().encode_state_as_update_v1(&Default::default())
+    };
+    let a_id = room.peer_id(a).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    for round in 0..40 {
+        let mut io = room.app_mut(b).world_mut().resource_mut::<TransportIo>();
+        for _ in 0..50 {
+            let mut update = valid.clone();
+            for _ in 0..rng.random_range(1..6) {
+                let i = rng.random_range(0..update.len());
+                update[i] = rng.random();
+            }
+            if rng.random_bool(0.2) {
+                update.truncate(rng.random_range(0..update.len()));
+            }
+            // [doc id][y-sync: message type 0 (sync), step 2 / update][varint length][bytes]
+            let mut body = vec![rng.random_range(0..3u8), 0, rng.random_range(0..3u8)];
+            let mut len = update.len();
+            loop {
+                let byte = (len & 0x7f) as u8;
+                len >>= 7;
+                body.push(if len > 0 { byte | 0x80 } else { byte });
+                if len == 0 {
+                    break;
+                }
+            }
+            body.extend_from_slice(&update);
+            if round % 7 == 0 {
+                body = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
+            }
+            io.insert_received(Packet {
+                peer: a_id,
+                channel: Channel::Reliable,
+                bytes: wire::encode(&Message::Doc(Bytes::from(body))).unwrap(),
+            });
+        }
+        room.step();
+    }
+    room.step_n(3);
+    assert_eq!(state(&mut room, b), before, "entities untouched");
+    // Garbage that happened to decode may add foreign text, never remove ours.
+    let text_after = room.app(b).world().resource::<SharedDoc>().text_string("note");
+    assert!(text_after.contains(&text_before) || text_after.len() >= text_before.len());
+    let world = room.app_mut(b).world_mut();
+    let dropped: u64 = world.query::<&PeerStats>().iter(world).map(PeerStats::dropped_total).sum();
+    assert!(dropped > 100, "dropped {dropped}");
+
+    // The link still carries real edits.
+    spawn(&mut room, a, card(4, "after"));
+    room.step_n(3);
+    assert_eq!(state(&mut room, b).len(), 2);
+}
