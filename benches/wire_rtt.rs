@@ -59,7 +59,8 @@ fn raw_matchbox(url: &str) -> Vec<Duration> {
     while samples.len() < ROUND_TRIPS {
         nonce += 1;
         let sent = Instant::now();
-        a.channel_mut(1).send(Bytes::copy_from_slice(&nonce.to_le_bytes()), a_peer);
+        a.channel_mut(1)
+            .send(Bytes::copy_from_slice(&nonce.to_le_bytes()), a_peer);
         loop {
             if sent.elapsed() > Duration::from_millis(500) {
                 break; // lost: try again with a new nonce
@@ -67,7 +68,11 @@ fn raw_matchbox(url: &str) -> Vec<Duration> {
             for (from, packet) in b.channel_mut(1).receive() {
                 b.channel_mut(1).send(packet, from);
             }
-            if a.channel_mut(1).receive().iter().any(|(_, p)| p[..] == nonce.to_le_bytes()) {
+            if a.channel_mut(1)
+                .receive()
+                .iter()
+                .any(|(_, p)| p[..] == nonce.to_le_bytes())
+            {
                 samples.push(sent.elapsed());
                 break;
             }
@@ -80,14 +85,18 @@ fn raw_matchbox(url: &str) -> Vec<Duration> {
 
 fn connected(app: &mut App) -> bool {
     let world = app.world_mut();
-    world.query::<&PeerLink>().iter(world).any(|l| *l == PeerLink::Connected)
+    world
+        .query::<&PeerLink>()
+        .iter(world)
+        .any(|l| *l == PeerLink::Connected)
 }
 
 fn peer_sync(url: &str) -> Vec<Duration> {
     let mut apps: Vec<App> = (0..2)
         .map(|_| {
             let mut app = App::new();
-            app.add_plugins(MinimalPlugins).add_plugins(PeerSyncPlugin::new(url));
+            app.add_plugins(MinimalPlugins)
+                .add_plugins(PeerSyncPlugin::new(url));
             app
         })
         .collect();
@@ -143,9 +152,14 @@ fn main() {
     let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
     let mut raw = raw_matchbox(&server.room_url("raw"));
     let mut ours = peer_sync(&server.room_url("ours"));
-    println!("unreliable round trip, {ROUND_TRIPS} samples each (release, this machine, loopback via host candidates)");
+    println!(
+        "unreliable round trip, {ROUND_TRIPS} samples each (release, this machine, loopback via host candidates)"
+    );
     println!("{:<28} {:>12} {:>12}", "", "median", "p99");
-    for (name, samples) in [("raw matchbox_socket", &mut raw), ("bevy_peer_sync (App to App)", &mut ours)] {
+    for (name, samples) in [
+        ("raw matchbox_socket", &mut raw),
+        ("bevy_peer_sync (App to App)", &mut ours),
+    ] {
         let median = percentile(samples, 0.5);
         let p99 = percentile(samples, 0.99);
         println!("{name:<28} {median:>12.2?} {p99:>12.2?}");

@@ -53,7 +53,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use yrs::types::{Event, PathSegment};
 use yrs::updates::decoder::Decode;
-use yrs::{Any, DeepObservable, Doc, Map, MapPrelim, MapRef, Options, Out, ReadTxn, Transact, TransactionMut, Update};
+use yrs::{
+    Any, DeepObservable, Doc, Map, MapPrelim, MapRef, Options, Out, ReadTxn, Transact,
+    TransactionMut, Update,
+};
 
 use crate::PeerSyncSystems;
 use crate::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId};
@@ -195,6 +198,11 @@ struct HeldUpdate {
 pub struct EntityDoc {
     synced: SyncedDoc,
     shadow: Doc,
+    /// The shadow lags the main document (after y-sync catch-up, which is not
+    /// checked): it is rebuilt before the next check instead of paying twice now.
+    shadow_stale: bool,
+    /// A catch-up was applied untracked: re-read every entity.
+    everything_dirty: bool,
     shadow_touched: Arc<Mutex<Touched>>,
     main_touched: Arc<Mutex<Touched>>,
     held: VecDeque<HeldUpdate>,
@@ -224,9 +232,15 @@ impl std::ops::Deref for EntityDoc {
 
 fn observe_touches(doc: &Doc) -> Arc<Mutex<Touched>> {
     let touched = Arc::new(Mutex::new(Touched::default()));
-    let sink = Arc::clone(&touched);
+    attach_touch_observer(doc, Arc::clone(&touched));
+    touched
+}
+
+const TOUCH_OBSERVER: &str = "bevy_peer_sync";
+
+fn attach_touch_observer(doc: &Doc, sink: Arc<Mutex<Touched>>) {
     let root = doc.get_or_insert_map(ENTITIES);
-    root.observe_deep("bevy_peer_sync", move |txn, events| {
+    root.observe_deep(TOUCH_OBSERVER, move |txn, events| {
         let mut touched = sink.lock().unwrap_or_else(PoisonError::into_inner);
         for event in events.iter() {
             let path = match event {
@@ -238,19 +252,25 @@ fn observe_touches(doc: &Doc) -> Arc<Mutex<Touched>> {
             match path.front() {
                 None => {
                     if let Event::Map(e) = event {
-                        touched.roots.extend(e.keys(txn).keys().map(|k| k.to_string()));
+                        touched
+                            .roots
+                            .extend(e.keys(txn).keys().map(|k| k.to_string()));
                     }
                 }
                 Some(PathSegment::Key(entity)) => {
                     let keys = touched.inner.entry(entity.to_string()).or_default();
                     match (path.get(1), event) {
-                        (Some(PathSegment::Key(key)), Event::Map(e)) if path.len() == 2 && &**key == OWNERS => {
+                        (Some(PathSegment::Key(key)), Event::Map(e))
+                            if path.len() == 2 && &**key == OWNERS =>
+                        {
                             keys.extend(e.keys(txn).keys().map(|k| format!("{OWNERS}/{k}")));
                         }
                         (Some(PathSegment::Key(key)), _) => {
                             keys.insert(key.to_string());
                         }
-                        (None, Event::Map(e)) => keys.extend(e.keys(txn).keys().map(|k| k.to_string())),
+                        (None, Event::Map(e)) => {
+                            keys.extend(e.keys(txn).keys().map(|k| k.to_string()))
+                        }
                         _ => {
                             keys.insert(COMPONENTS.to_owned());
                         }
@@ -260,7 +280,6 @@ fn observe_touches(doc: &Doc) -> Arc<Mutex<Touched>> {
             }
         }
     });
-    touched
 }
 
 impl EntityDoc {
@@ -275,6 +294,8 @@ impl EntityDoc {
         Self {
             synced: SyncedDoc::new(doc),
             shadow,
+            shadow_stale: false,
+            everything_dirty: false,
             shadow_touched,
             main_touched,
             held: VecDeque::new(),
@@ -288,7 +309,13 @@ impl EntityDoc {
         self.synced.doc().get_or_insert_map(ENTITIES)
     }
 
-    pub(crate) fn queue_remote(&mut self, from: PeerId, update: Update, bytes: Vec<u8>, live: bool) {
+    pub(crate) fn queue_remote(
+        &mut self,
+        from: PeerId,
+        update: Update,
+        bytes: Vec<u8>,
+        live: bool,
+    ) {
         self.queued.push((from, update, bytes, live));
     }
 
@@ -303,6 +330,7 @@ impl EntityDoc {
         std::mem::take(&mut *touched.lock().unwrap_or_else(PoisonError::into_inner));
         self.shadow = shadow;
         self.shadow_touched = touched;
+        self.shadow_stale = false;
     }
 
     /// Applies an update to the shadow and reports what it touched, and whether it
@@ -312,14 +340,21 @@ impl EntityDoc {
     fn apply_to_shadow(&self, bytes: &[u8]) -> (Touched, bool) {
         if let Ok(update) = Update::decode_v1(bytes) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.shadow.transact_mut_with(REMOTE_ORIGIN).apply_update(update)
+                self.shadow
+                    .transact_mut_with(REMOTE_ORIGIN)
+                    .apply_update(update)
             }));
         }
         let complete = {
             let txn = self.shadow.transact();
             txn.store().pending_update().is_none() && txn.store().pending_ds().is_none()
         };
-        let touched = std::mem::take(&mut *self.shadow_touched.lock().unwrap_or_else(PoisonError::into_inner));
+        let touched = std::mem::take(
+            &mut *self
+                .shadow_touched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         (touched, complete)
     }
 
@@ -343,7 +378,9 @@ impl EntityDoc {
     /// they arrive in. (Concurrent writes then merge per field, one winner.)
     fn may_write(doc: &Doc, entity: &str, replica: ReplicaId) -> bool {
         let txn = doc.transact();
-        let Some(root) = txn.get_map(ENTITIES) else { return false };
+        let Some(root) = txn.get_map(ENTITIES) else {
+            return false;
+        };
         let Some(Out::YMap(map)) = root.get(&txn, entity) else {
             return false;
         };
@@ -373,7 +410,10 @@ impl EntityDoc {
             }
         }
         for (entity, keys) in &touched.inner {
-            if keys.is_empty() || touched.roots.contains(entity) || Self::may_write(main, entity, sender) {
+            if keys.is_empty()
+                || touched.roots.contains(entity)
+                || Self::may_write(main, entity, sender)
+            {
                 continue;
             }
             if Self::owner_in(main, entity).is_none() {
@@ -386,7 +426,9 @@ impl EntityDoc {
             // A claim of an orphan: only the owner keys, adding only the sender. Judged
             // on the update alone, so every peer judges it alike.
             let own_entry = format!("{OWNERS}/{sender}");
-            let only_owner_keys = keys.iter().all(|k| k == OWNER || k == OWNERS || *k == own_entry);
+            let only_owner_keys = keys
+                .iter()
+                .all(|k| k == OWNER || k == OWNERS || *k == own_entry);
             if !(policy == OwnerLeftPolicy::Orphan && only_owner_keys) {
                 return false;
             }
@@ -510,7 +552,10 @@ fn stage_component<T: Component + Serialize>(
             }
             match yrs::encoding::serde::to_any(&*value) {
                 Ok(any) => staged.values.push((*id, index, any)),
-                Err(error) => error!("component `{}` cannot be stored: {error}", std::any::type_name::<T>()),
+                Err(error) => error!(
+                    "component `{}` cannot be stored: {error}",
+                    std::any::type_name::<T>()
+                ),
             }
         }
         for entity in removed.read() {
@@ -523,7 +568,10 @@ fn stage_component<T: Component + Serialize>(
 
 /// Adds the durable route. Part of [`crate::PeerSyncPlugin`].
 pub(crate) fn plugin(app: &mut App) {
-    let replica = app.world_mut().get_resource_or_init::<LocalPeer>().replica();
+    let replica = app
+        .world_mut()
+        .get_resource_or_init::<LocalPeer>()
+        .replica();
     app.insert_resource(EntityDoc::new(replica))
         .init_resource::<EntityDocConfig>()
         .init_resource::<NetEntities>()
@@ -560,7 +608,9 @@ fn assign_net_ids(
             counter: net.next_counter,
         };
         net.map.insert(id, entity);
-        commands.entity(entity).insert((id, Owner(Some(local.replica()))));
+        commands
+            .entity(entity)
+            .insert((id, Owner(Some(local.replica()))));
         // An empty value list marks the spawn; components follow via change detection.
         staged.values.push((id, usize::MAX, Any::Null));
     }
@@ -587,7 +637,12 @@ fn flush_staged(
     let despawned: Vec<Entity> = despawned.read().collect();
     let transfers: Vec<TransferOwnership> = transfers.read().copied().collect();
     let claims: Vec<ClaimOwnership> = claims.read().copied().collect();
-    if staged.values.is_empty() && staged.removed.is_empty() && despawned.is_empty() && transfers.is_empty() && claims.is_empty() {
+    if staged.values.is_empty()
+        && staged.removed.is_empty()
+        && despawned.is_empty()
+        && transfers.is_empty()
+        && claims.is_empty()
+    {
         return;
     }
     let root = doc.root();
@@ -626,22 +681,34 @@ fn flush_staged(
         }
     }
     for transfer in transfers {
-        let Ok((id, owner)) = owners.get(transfer.entity) else { continue };
+        let Ok((id, owner)) = owners.get(transfer.entity) else {
+            continue;
+        };
         if owner.0 != Some(me) {
-            warn!("cannot hand over `{id}`: it is owned by `{:?}`, not by this peer", owner.0);
+            warn!(
+                "cannot hand over `{id}`: it is owned by `{:?}`, not by this peer",
+                owner.0
+            );
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
             set_owner(&entity_map, &mut txn, transfer.to);
-            commands.entity(transfer.entity).insert(Owner(Some(transfer.to)));
+            commands
+                .entity(transfer.entity)
+                .insert(Owner(Some(transfer.to)));
         }
     }
     let present: HashSet<ReplicaId> = peers.iter().map(|p| p.0).chain([me]).collect();
     for claim in claims {
-        let Ok((id, owner)) = owners.get(claim.entity) else { continue };
+        let Ok((id, owner)) = owners.get(claim.entity) else {
+            continue;
+        };
         let orphaned = owner.0.is_none_or(|o| !present.contains(&o));
         if config.owner_left != OwnerLeftPolicy::Orphan || !orphaned {
-            warn!("cannot claim `{id}`: its owner `{:?}` is still here or orphans are not claimable", owner.0);
+            warn!(
+                "cannot claim `{id}`: its owner `{:?}` is still here or orphans are not claimable",
+                owner.0
+            );
             continue;
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
@@ -724,9 +791,16 @@ impl EntityDoc {
 /// Sends this frame's local entity edits and keeps the shadow in step.
 fn send_entity_updates(doc: Res<EntityDoc>, mut outbox: ResMut<Outbox>) {
     if let Some(update) = doc.take_local_update() {
-        doc.apply_to_shadow(&update);
+        if !doc.shadow_stale {
+            doc.apply_to_shadow(&update);
+        }
         // The main document's observer saw our own edits: nothing to materialise.
-        std::mem::take(&mut *doc.main_touched.lock().unwrap_or_else(PoisonError::into_inner));
+        std::mem::take(
+            &mut *doc
+                .main_touched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         outbox.push(
             Recipients::All,
             Channel::Reliable,
@@ -754,13 +828,10 @@ fn apply_remote_entities(world: &mut World) {
     {
         let mut doc = world.resource_mut::<EntityDoc>();
         let queued = std::mem::take(&mut doc.queued);
+        let mut catch_up = Vec::new();
         for (from, update, bytes, live) in queued {
             if !live {
-                // y-sync catch-up: relayed state, applied as is (see the module docs).
-                doc.apply_to_shadow(&bytes);
-                if let Err(error) = doc.synced.apply_remote(vec![update]) {
-                    error!("a sync update from `{from}` failed to apply: {error}");
-                }
+                catch_up.push(update);
                 continue;
             }
             doc.held.push_back(HeldUpdate {
@@ -769,6 +840,18 @@ fn apply_remote_entities(world: &mut World) {
                 update: bytes,
                 since: now,
             });
+        }
+        if !catch_up.is_empty() {
+            // y-sync catch-up: relayed state, applied as is (see the module docs), in
+            // one transaction, without per-change tracking: everything is re-read.
+            doc.shadow_stale = true;
+            doc.everything_dirty = true;
+            let root = doc.root();
+            root.unobserve_deep(TOUCH_OBSERVER);
+            if let Err(error) = doc.synced.apply_remote(catch_up) {
+                error!("a sync update failed to apply: {error}");
+            }
+            attach_touch_observer(doc.synced.doc(), Arc::clone(&doc.main_touched));
         }
         // Live updates, in arrival order; one not yet allowed holds back later ones
         // from the same sender (yrs needs each client's updates in order anyway).
@@ -779,8 +862,14 @@ fn apply_remote_entities(world: &mut World) {
                 still_held.push_back(held);
                 continue;
             }
+            if doc.shadow_stale {
+                doc.rebuild_shadow();
+            }
             let (touched, complete) = doc.apply_to_shadow(&held.update);
-            let allowed = complete && held.replica.is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
+            let allowed = complete
+                && held
+                    .replica
+                    .is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
             if allowed {
                 if let Ok(update) = Update::decode_v1(&held.update)
                     && let Err(error) = doc.synced.apply_remote(vec![update])
@@ -812,13 +901,22 @@ fn apply_remote_entities(world: &mut World) {
     }
     let touched = {
         let doc = world.resource::<EntityDoc>();
-        std::mem::take(&mut *doc.main_touched.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut *doc
+                .main_touched
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     };
     let mut dirty: HashSet<String> = touched.roots;
     dirty.extend(touched.inner.into_keys());
-    let replicas_changed = std::mem::take(&mut world.resource_mut::<OwnerChanges>().replicas_changed);
-    if replicas_changed {
-        // Presence changed: entities whose owner came or went may appear or vanish.
+    let replicas_changed =
+        std::mem::take(&mut world.resource_mut::<OwnerChanges>().replicas_changed);
+    let everything_dirty = std::mem::take(&mut world.resource_mut::<EntityDoc>().everything_dirty);
+    if replicas_changed || everything_dirty {
+        // Presence changed (entities whose owner came or went may appear or vanish),
+        // or a catch-up was applied untracked: re-read every entity, here or there.
+        dirty.extend(world.resource::<NetEntities>().map.keys().map(ToString::to_string));
         let doc = world.resource::<EntityDoc>();
         let txn = doc.doc().transact();
         if let Some(root) = txn.get_map(ENTITIES) {
@@ -836,7 +934,11 @@ struct OwnerChanges {
     replicas_changed: bool,
 }
 
-fn note_replica_changes(mut joined: MessageReader<PeerJoined>, mut left: MessageReader<PeerLeft>, mut changes: ResMut<OwnerChanges>) {
+fn note_replica_changes(
+    mut joined: MessageReader<PeerJoined>,
+    mut left: MessageReader<PeerLeft>,
+    mut changes: ResMut<OwnerChanges>,
+) {
     if joined.read().count() + left.read().count() > 0 {
         changes.replicas_changed = true;
     }
@@ -852,7 +954,12 @@ pub(crate) fn presence_hooks(app: &mut App) {
 }
 
 /// Brings the world in line with the document for the given entities.
-fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<ReplicaId>, policy: OwnerLeftPolicy) {
+fn materialise(
+    world: &mut World,
+    dirty: HashSet<String>,
+    present: &HashSet<ReplicaId>,
+    policy: OwnerLeftPolicy,
+) {
     let local = world.resource::<LocalPeer>().replica();
     // Read the document first, then touch the world.
     struct Wanted {
@@ -868,7 +975,9 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
         let txn = doc.doc().transact();
         let root = txn.get_map(ENTITIES);
         for key in dirty {
-            let Some(id) = NetId::parse(&key) else { continue };
+            let Some(id) = NetId::parse(&key) else {
+                continue;
+            };
             let entry = root.as_ref().and_then(|r| r.get(&txn, &key));
             let Some(Out::YMap(map)) = entry else {
                 gone.push(id);
@@ -898,7 +1007,11 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
                     .collect(),
                 _ => vec![None; types.0.len()],
             };
-            wanted.push(Wanted { id, owner, components });
+            wanted.push(Wanted {
+                id,
+                owner,
+                components,
+            });
         }
     }
     {
@@ -914,7 +1027,10 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
             entity.despawn();
         }
     }
-    let readers: Vec<(fn(&mut EntityWorldMut, &Any) -> Result<(), String>, fn(&mut EntityWorldMut))> = world
+    let readers: Vec<(
+        fn(&mut EntityWorldMut, &Any) -> Result<(), String>,
+        fn(&mut EntityWorldMut),
+    )> = world
         .resource::<DurableTypes>()
         .0
         .iter()
@@ -925,8 +1041,11 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
         let entity = match existing.filter(|e| world.get_entity(*e).is_ok()) {
             Some(entity) => entity,
             None => {
-                let entity = world.spawn((Replicated, want.id)).id();
-                world.resource_mut::<NetEntities>().map.insert(want.id, entity);
+                let entity = world.spawn((Replicated, want.id, Owner(want.owner))).id();
+                world
+                    .resource_mut::<NetEntities>()
+                    .map
+                    .insert(want.id, entity);
                 entity
             }
         };
@@ -940,7 +1059,10 @@ fn materialise(world: &mut World, dirty: HashSet<String>, present: &HashSet<Repl
             match value {
                 Some(value) => {
                     if let Err(error) = read(&mut entity_mut, value) {
-                        debug!("entity `{}` holds a value that does not decode: {error}", want.id);
+                        debug!(
+                            "entity `{}` holds a value that does not decode: {error}",
+                            want.id
+                        );
                     }
                 }
                 None => remove(&mut entity_mut),

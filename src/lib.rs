@@ -102,15 +102,17 @@ use crate::wire::WireLimits;
 /// What most apps need.
 pub mod prelude {
     pub use crate::PeerSyncPlugin;
-    pub use crate::durable::{ClaimOwnership, NetId, Owner, Replicated, SyncAppExt, TransferOwnership};
-    pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
     pub use crate::PeerSyncSystems;
+    pub use crate::durable::{
+        ClaimOwnership, NetId, Owner, Replicated, SyncAppExt, TransferOwnership,
+    };
     pub use crate::peer::{
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
         ReplicaId,
     };
     pub use crate::registry::Route;
     pub use crate::session::{PayloadReceived, Recipients, SendPayload};
+    pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
     pub use crate::stats::{DropReason, PeerStats};
     pub use crate::transport::{Channel, TransportIo};
 }

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use crate::error::DecodeError;
 use crate::peer::{
-    PeerReplica, ReplicaId,
-    LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
+    LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, PeerReplica, Peers,
+    RejectReason, ReplicaId,
 };
 use crate::registry::SyncRegistry;
 use crate::stats::{DropReason, PeerStats};

@@ -46,8 +46,8 @@ use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{
-    ArrayRef, Doc, GetString, MapRef, Origin, ReadTxn, StateVector, TextRef, Transact, TransactionMut,
-    Update,
+    ArrayRef, Doc, GetString, MapRef, Origin, ReadTxn, StateVector, TextRef, Transact,
+    TransactionMut, Update,
 };
 
 use crate::PeerSyncSystems;
@@ -118,9 +118,13 @@ impl SyncedDoc {
         let local_updates = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&local_updates);
         doc.observe_update_v1("bevy_peer_sync", move |txn, event| {
-            let remote = txn.origin().is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
+            let remote = txn
+                .origin()
+                .is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
             if !remote {
-                sink.lock().unwrap_or_else(PoisonError::into_inner).push(event.update.clone());
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(event.update.clone());
             }
         })
         .expect("a new document has no transaction open");
@@ -148,12 +152,19 @@ impl SyncedDoc {
 
     /// The whole document as one update (for saving, or a late joiner).
     pub fn encode_state(&self) -> Vec<u8> {
-        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     /// Takes this frame's local updates, merged into one.
     pub fn take_local_update(&self) -> Option<Vec<u8>> {
-        let mut pending = std::mem::take(&mut *self.local_updates.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut pending = std::mem::take(
+            &mut *self
+                .local_updates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         match pending.len() {
             0 => None,
             1 => pending.pop(),
@@ -163,7 +174,10 @@ impl SyncedDoc {
                     // Cannot happen for updates yrs itself produced; send them one by one.
                     error!("could not merge local updates, sending them apart: {error}");
                     let merged = pending.pop();
-                    *self.local_updates.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+                    *self
+                        .local_updates
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = pending;
                     merged
                 }
             },
@@ -291,8 +305,16 @@ pub struct SharedDocChanged {
 pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<SharedDoc>()
         .add_message::<SharedDocChanged>()
-        .add_systems(PreUpdate, (send_state_vectors, receive_doc_messages).chain().in_set(PeerSyncSystems::Apply))
-        .add_systems(PostUpdate, send_local_updates.in_set(PeerSyncSystems::Collect));
+        .add_systems(
+            PreUpdate,
+            (send_state_vectors, receive_doc_messages)
+                .chain()
+                .in_set(PeerSyncSystems::Apply),
+        )
+        .add_systems(
+            PostUpdate,
+            send_local_updates.in_set(PeerSyncSystems::Collect),
+        );
 }
 
 /// Step 1 of y-sync to every peer that just joined, for every synced document.
@@ -304,12 +326,19 @@ fn send_state_vectors(
 ) {
     for joined in joined.read() {
         let to = Recipients::Peer(joined.peer);
-        outbox.push(to, Channel::Reliable, encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())));
+        outbox.push(
+            to,
+            Channel::Reliable,
+            encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())),
+        );
         if let Some(entities) = &entities {
             outbox.push(
                 to,
                 Channel::Reliable,
-                encode_sync(DocId::Entities, SyncMessage::SyncStep1(entities.state_vector())),
+                encode_sync(
+                    DocId::Entities,
+                    SyncMessage::SyncStep1(entities.state_vector()),
+                ),
             );
         }
     }
@@ -367,7 +396,11 @@ pub(crate) fn receive_doc_messages(
         match message {
             SyncMessage::SyncStep1(remote) => {
                 let diff = synced.diff_for(&remote);
-                outbox.push(Recipients::Peer(peer), Channel::Reliable, encode_sync(doc_id, SyncMessage::SyncStep2(diff)));
+                outbox.push(
+                    Recipients::Peer(peer),
+                    Channel::Reliable,
+                    encode_sync(doc_id, SyncMessage::SyncStep2(diff)),
+                );
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
                 let live = matches!(message_kind, MessageKind::Update);
@@ -405,6 +438,29 @@ pub(crate) fn receive_doc_messages(
 /// Sends this frame's local edits, merged into one update per document.
 fn send_local_updates(doc: Res<SharedDoc>, mut outbox: ResMut<Outbox>) {
     if let Some(update) = doc.take_local_update() {
-        outbox.push(Recipients::All, Channel::Reliable, encode_sync(DocId::Room, SyncMessage::Update(update)));
+        outbox.push(
+            Recipients::All,
+            Channel::Reliable,
+            encode_sync(DocId::Room, SyncMessage::Update(update)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::Text;
+
+    #[test]
+    fn oversized_and_malformed_updates_are_refused() {
+        let doc = Doc::new();
+        doc.get_or_insert_text("t").insert(&mut doc.transact_mut(), 0, "0123456789");
+        let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        let small = DocLimits { max_update_size: 8 };
+        assert_eq!(decode_update(&update, &small).err(), Some(DropReason::Oversized));
+        assert!(decode_update(&update, &DocLimits::default()).is_ok());
+        assert_eq!(decode_update(&[0xff, 0xff, 0xff], &DocLimits::default()).err(), Some(DropReason::Malformed));
+        assert_eq!(decode_sync(&[9, 0, 0]).err(), Some(DropReason::Unknown));
+        assert_eq!(decode_sync(&[]).err(), Some(DropReason::Malformed));
     }
 }

@@ -40,7 +40,9 @@ impl TestRoom {
     /// not yet added to the room.
     pub fn new_app(&self) -> App {
         // SplitMix64 of (seed, index): distinct, reproducible, 53-bit like yrs ids.
-        let mut z = self.seed.wrapping_add((self.apps.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = self
+            .seed
+            .wrapping_add((self.apps.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;

@@ -25,7 +25,8 @@ struct Card {
 struct Score(u32);
 
 fn setup(app: &mut App) {
-    app.sync_component::<Card>(Route::Durable).sync_component::<Score>(Route::Durable);
+    app.sync_component::<Card>(Route::Durable)
+        .sync_component::<Score>(Route::Durable);
 }
 
 fn orphan_setup(app: &mut App) {
@@ -48,7 +49,11 @@ fn state(room: &mut TestRoom, peer: usize) -> State {
 }
 
 fn spawn(room: &mut TestRoom, peer: usize, card: Card) -> Entity {
-    let entity = room.app_mut(peer).world_mut().spawn((Replicated, card)).id();
+    let entity = room
+        .app_mut(peer)
+        .world_mut()
+        .spawn((Replicated, card))
+        .id();
     entity
 }
 
@@ -72,7 +77,10 @@ fn spawn_edit_and_despawn_reach_every_peer() {
     }
     assert!(room.step_until(5, TestRoom::fully_connected));
     let entity = spawn(&mut room, 0, card(1, "first"));
-    room.app_mut(0).world_mut().entity_mut(entity).insert(Score(7));
+    room.app_mut(0)
+        .world_mut()
+        .entity_mut(entity)
+        .insert(Score(7));
     room.step_n(3);
     let expected = state(&mut room, 0);
     assert_eq!(expected.len(), 1);
@@ -84,8 +92,15 @@ fn spawn_edit_and_despawn_reach_every_peer() {
         assert_eq!(state(&mut room, peer), expected, "peer {peer} after spawn");
     }
 
-    room.app_mut(0).world_mut().get_mut::<Card>(entity).unwrap().y = 5;
-    room.app_mut(0).world_mut().entity_mut(entity).remove::<Score>();
+    room.app_mut(0)
+        .world_mut()
+        .get_mut::<Card>(entity)
+        .unwrap()
+        .y = 5;
+    room.app_mut(0)
+        .world_mut()
+        .entity_mut(entity)
+        .remove::<Score>();
     room.step_n(3);
     let expected = state(&mut room, 0);
     for peer in [1, 2] {
@@ -97,7 +112,10 @@ fn spawn_edit_and_despawn_reach_every_peer() {
     room.app_mut(0).world_mut().entity_mut(entity).despawn();
     room.step_n(3);
     for peer in 0..3 {
-        assert!(state(&mut room, peer).is_empty(), "peer {peer} after despawn");
+        assert!(
+            state(&mut room, peer).is_empty(),
+            "peer {peer} after despawn"
+        );
     }
 }
 
@@ -131,7 +149,12 @@ fn ownership_hands_over_and_only_the_owner_writes() {
     let entity = spawn(&mut room, 0, card(1, "a's"));
     room.step_n(3);
     let id = *room.app(0).world().get::<NetId>(entity).unwrap();
-    let on_b = room.app(1).world().resource::<NetEntities>().entity(id).unwrap();
+    let on_b = room
+        .app(1)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)
+        .unwrap();
 
     // B edits an entity it does not own: nothing leaves B, nothing changes elsewhere.
     room.app_mut(1).world_mut().get_mut::<Card>(on_b).unwrap().x = 99;
@@ -139,7 +162,9 @@ fn ownership_hands_over_and_only_the_owner_writes() {
     assert_eq!(room.app(0).world().get::<Card>(entity).unwrap().x, 1);
 
     let b = replica(&room, 1);
-    room.app_mut(0).world_mut().write_message(TransferOwnership { entity, to: b });
+    room.app_mut(0)
+        .world_mut()
+        .write_message(TransferOwnership { entity, to: b });
     room.step_n(3);
     for peer in 0..3 {
         let st = state(&mut room, peer);
@@ -163,7 +188,12 @@ fn forged_writes_to_an_entity_the_sender_does_not_own_are_refused_whole() {
     assert!(room.step_until(5, TestRoom::fully_connected));
     let entity = spawn(&mut room, 0, card(1, "a's"));
     room.step_n(3);
-    let id = room.app(0).world().get::<NetId>(entity).unwrap().to_string();
+    let id = room
+        .app(0)
+        .world()
+        .get::<NetId>(entity)
+        .unwrap()
+        .to_string();
     let before_a = state(&mut room, 0);
     let sv_a = room.app(0).world().resource::<EntityDoc>().state_vector();
 
@@ -192,9 +222,18 @@ fn forged_writes_to_an_entity_the_sender_does_not_own_are_refused_whole() {
         let doc = room.app(peer).world().resource::<EntityDoc>();
         assert_eq!(doc.refused, 1, "peer {peer} refused one update");
         let sv = doc.state_vector();
-        assert_eq!(sv.get(&bevy_peer_sync::yrs::block::ClientID::new(replica(&room, 1).0)), 0, "peer {peer}: nothing of the forger applied");
+        assert_eq!(
+            sv.get(&bevy_peer_sync::yrs::block::ClientID::new(
+                replica(&room, 1).0
+            )),
+            0,
+            "peer {peer}: nothing of the forger applied"
+        );
     }
-    assert_eq!(room.app(0).world().resource::<EntityDoc>().state_vector(), sv_a);
+    assert_eq!(
+        room.app(0).world().resource::<EntityDoc>().state_vector(),
+        sv_a
+    );
     let world = room.app_mut(0).world_mut();
     let dropped: u64 = world
         .query::<&PeerStats>()
@@ -212,7 +251,9 @@ fn a_late_joiner_receives_a_thousand_entities_and_a_b4_sized_text() {
     for n in 0..1_000 {
         spawn(&mut room, a, card(n, "item"));
     }
-    let text: String = (0..260_000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let text: String = (0..260_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     {
         let doc = room.app(a).world().resource::<SharedDoc>();
         doc.text("paper").insert(&mut doc.transact_mut(), 0, &text);
@@ -221,11 +262,21 @@ fn a_late_joiner_receives_a_thousand_entities_and_a_b4_sized_text() {
     let b = room.add_peer(setup);
     assert!(room.step_until(30, |room| state(room, b).len() == 1_000));
     assert_eq!(state(&mut room, b), state(&mut room, a));
-    assert_eq!(room.app(b).world().resource::<SharedDoc>().text_string("paper"), text);
+    assert_eq!(
+        room.app(b)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("paper"),
+        text
+    );
 }
 
 fn doc_state_vector(room: &TestRoom, peer: usize) -> Vec<(u64, u32)> {
-    let sv = room.app(peer).world().resource::<EntityDoc>().state_vector();
+    let sv = room
+        .app(peer)
+        .world()
+        .resource::<EntityDoc>()
+        .state_vector();
     let mut entries: Vec<(u64, u32)> = sv.iter().map(|(c, k)| (c.get(), *k)).collect();
     entries.sort();
     entries
@@ -248,13 +299,20 @@ fn convergence_run(seed: u64) {
     for _ in 0..peers {
         room.add_peer(orphan_setup);
     }
-    assert!(room.step_until(120, TestRoom::fully_connected), "seed {seed}: mesh did not form");
+    assert!(
+        room.step_until(120, TestRoom::fully_connected),
+        "seed {seed}: mesh did not form"
+    );
     let isolated = rng.random_range(0..peers);
     let leaver = (isolated + 1) % peers;
     for frame in 0..360 {
         match frame {
-            60 => room.network.set_isolated(room.peer_id(isolated).unwrap(), true),
-            150 => room.network.set_isolated(room.peer_id(isolated).unwrap(), false),
+            60 => room
+                .network
+                .set_isolated(room.peer_id(isolated).unwrap(), true),
+            150 => room
+                .network
+                .set_isolated(room.peer_id(isolated).unwrap(), false),
             200 => room.disconnect(leaver),
             260 => room.reconnect(leaver),
             _ => {}
@@ -270,7 +328,11 @@ fn convergence_run(seed: u64) {
                 .iter(world)
                 .map(|(e, o)| (e, o.0))
                 .collect();
-            let mine: Vec<Entity> = owned.iter().filter(|(_, o)| *o == Some(me)).map(|(e, _)| *e).collect();
+            let mine: Vec<Entity> = owned
+                .iter()
+                .filter(|(_, o)| *o == Some(me))
+                .map(|(e, _)| *e)
+                .collect();
             match rng.random_range(0..10) {
                 0..=2 => {
                     world.spawn((Replicated, card(rng.random_range(0..100), "spawned")));
@@ -291,14 +353,22 @@ fn convergence_run(seed: u64) {
                 }
                 8 if !mine.is_empty() => {
                     let entity = mine[rng.random_range(0..mine.len())];
-                    let others: Vec<ReplicaId> = world.query::<&bevy_peer_sync::peer::PeerReplica>().iter(world).map(|r| r.0).collect();
+                    let others: Vec<ReplicaId> = world
+                        .query::<&bevy_peer_sync::peer::PeerReplica>()
+                        .iter(world)
+                        .map(|r| r.0)
+                        .collect();
                     if !others.is_empty() {
                         let to = others[rng.random_range(0..others.len())];
                         world.write_message(TransferOwnership { entity, to });
                     }
                 }
                 9 => {
-                    let present: Vec<ReplicaId> = world.query::<&bevy_peer_sync::peer::PeerReplica>().iter(world).map(|r| r.0).collect();
+                    let present: Vec<ReplicaId> = world
+                        .query::<&bevy_peer_sync::peer::PeerReplica>()
+                        .iter(world)
+                        .map(|r| r.0)
+                        .collect();
                     let orphans: Vec<Entity> = owned
                         .iter()
                         .filter(|(_, o)| o.is_none_or(|o| o != me && !present.contains(&o)))
@@ -314,7 +384,8 @@ fn convergence_run(seed: u64) {
         }
         room.step();
     }
-    room.network.set_default_conditioner(LinkConditioner::PERFECT);
+    room.network
+        .set_default_conditioner(LinkConditioner::PERFECT);
     let settled = room.step_until(600, |room| {
         let first = state(room, 0);
         let sv = doc_state_vector(room, 0);
@@ -322,15 +393,25 @@ fn convergence_run(seed: u64) {
     });
     if !settled {
         for p in 0..peers {
-            eprintln!("peer {p}: {} entities, sv {:?}", state(&mut room, p).len(), doc_state_vector(&room, p));
+            eprintln!(
+                "peer {p}: {} entities, sv {:?}",
+                state(&mut room, p).len(),
+                doc_state_vector(&room, p)
+            );
         }
     }
-    assert!(settled, "seed {seed}: peers did not converge (rerun with this seed)");
+    assert!(
+        settled,
+        "seed {seed}: peers did not converge (rerun with this seed)"
+    );
 }
 
 #[test]
 fn random_edits_partitions_and_rejoins_converge() {
-    let base: u64 = std::env::var("PEER_SYNC_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let base: u64 = std::env::var("PEER_SYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     for seed in base..base + 8 {
         convergence_run(seed);
     }
@@ -347,8 +428,16 @@ fn shared_text_merges_concurrent_typing() {
         doc.text("note").insert(&mut doc.transact_mut(), 0, word);
     }
     room.step_n(3);
-    let on_a = room.app(a).world().resource::<SharedDoc>().text_string("note");
-    let on_b = room.app(b).world().resource::<SharedDoc>().text_string("note");
+    let on_a = room
+        .app(a)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("note");
+    let on_b = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("note");
     assert_eq!(on_a, on_b);
     assert_eq!(on_a.len(), 11);
     let doc = room.app(a).world().resource::<SharedDoc>();
@@ -368,18 +457,24 @@ fn malformed_and_oversized_document_updates_are_refused_without_harm() {
     spawn(&mut room, a, card(3, "kept"));
     {
         let doc = room.app(a).world().resource::<SharedDoc>();
-        doc.text("note").insert(&mut doc.transact_mut(), 0, "intact");
+        doc.text("note")
+            .insert(&mut doc.transact_mut(), 0, "intact");
     }
     room.step_n(3);
     let before = state(&mut room, b);
-    let text_before = room.app(b).world().resource::<SharedDoc>().text_string("note");
+    let text_before = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("note");
 
     // A real update to mutate: one more edit on a, captured but never sent.
     let valid = {
         let doc = bevy_peer_sync::yrs::Doc::new();
         let text = doc.get_or_insert_text("note");
         text.insert(&mut doc.transact_mut(), 0, "some text to corrupt");
-        doc.transact().encode_state_as_update_v1(&Default::default())
+        doc.transact()
+            .encode_state_as_update_v1(&Default::default())
     };
     let a_id = room.peer_id(a).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(99);
@@ -420,14 +515,56 @@ fn malformed_and_oversized_document_updates_are_refused_without_harm() {
     room.step_n(3);
     assert_eq!(state(&mut room, b), before, "entities untouched");
     // Garbage that happened to decode may add foreign text, never remove ours.
-    let text_after = room.app(b).world().resource::<SharedDoc>().text_string("note");
+    let text_after = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("note");
     assert!(text_after.contains(&text_before) || text_after.len() >= text_before.len());
     let world = room.app_mut(b).world_mut();
-    let dropped: u64 = world.query::<&PeerStats>().iter(world).map(PeerStats::dropped_total).sum();
+    let dropped: u64 = world
+        .query::<&PeerStats>()
+        .iter(world)
+        .map(PeerStats::dropped_total)
+        .sum();
     assert!(dropped > 100, "dropped {dropped}");
 
     // The link still carries real edits.
     spawn(&mut room, a, card(4, "after"));
     room.step_n(3);
     assert_eq!(state(&mut room, b).len(), 2);
+}
+
+#[test]
+fn offline_owner_and_claimer_edit_different_fields_and_both_survive() {
+    let mut room = TestRoom::new(28);
+    for _ in 0..3 {
+        room.add_peer(orphan_setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = spawn(&mut room, 0, card(1, "shared"));
+    room.step_n(3);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+
+    // Peer 0 drops off the network; the others see it leave and peer 1 claims its card.
+    room.network.set_isolated(room.peer_id(0).unwrap(), true);
+    room.step_n(3);
+    let on_1 = room.app(1).world().resource::<NetEntities>().entity(id).unwrap();
+    room.app_mut(1).world_mut().write_message(ClaimOwnership { entity: on_1 });
+    room.step_n(2);
+    room.app_mut(1).world_mut().get_mut::<Card>(on_1).unwrap().y = 20;
+    // Meanwhile the offline owner edits another field of the same component.
+    room.app_mut(0).world_mut().get_mut::<Card>(entity).unwrap().x = 10;
+    room.step_n(3);
+
+    room.network.set_isolated(room.peer_id(0).unwrap(), false);
+    assert!(room.step_until(60, |room| {
+        let first = state(room, 0);
+        (1..3).all(|p| state(room, p) == first)
+    }));
+    let merged = state(&mut room, 2);
+    let (owner, card_value, _) = &merged[&id];
+    assert_eq!(*owner, Some(replica(&room, 1)), "the claim stands");
+    let card_value = card_value.as_ref().unwrap();
+    assert_eq!((card_value.x, card_value.y), (10, 20), "both fields survive");
 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
 use bevy_peer_sync::yrs::updates::decoder::Decode;
-use bevy_peer_sync::yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+use bevy_peer_sync::yrs::{Doc, ReadTxn, Text, Transact, Update};
 
 /// Patches per frame: one transaction per frame on the editing peer.
 const PATCHES_PER_FRAME: usize = 1_000;
@@ -42,9 +42,16 @@ fn b4_trace_replays_to_its_end_content_on_a_second_peer() {
     }
     room.step_n(3);
     for peer in [a, b] {
-        let content = room.app(peer).world().resource::<SharedDoc>().text_string("paper");
+        let content = room
+            .app(peer)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("paper");
         assert_eq!(content.len(), trace.end_content.len(), "peer {peer}");
-        assert!(content == trace.end_content, "peer {peer} differs from endContent");
+        assert!(
+            content == trace.end_content,
+            "peer {peer} differs from endContent"
+        );
     }
 }
 
@@ -53,12 +60,13 @@ fn concurrent_trace_replays_with_each_author_as_a_peer() {
     let trace = traces::load_concurrent("friendsforever.json.gz");
     assert_eq!(trace.num_agents, 2);
     let mut room = TestRoom::new(12);
-    room.network.set_default_conditioner(bevy_peer_sync::transport::memory::LinkConditioner {
-        latency: std::time::Duration::from_millis(60),
-        jitter: std::time::Duration::from_millis(30),
-        loss: 0.1,
-        ..Default::default()
-    });
+    room.network
+        .set_default_conditioner(bevy_peer_sync::transport::memory::LinkConditioner {
+            latency: std::time::Duration::from_millis(60),
+            jitter: std::time::Duration::from_millis(30),
+            loss: 0.1,
+            ..Default::default()
+        });
     let peers = [room.add_peer(|_| {}), room.add_peer(|_| {})];
     assert!(room.step_until(60, TestRoom::fully_connected));
 
@@ -110,8 +118,15 @@ fn concurrent_trace_replays_with_each_author_as_a_peer() {
         // edits this one depends on have crossed the network to its peer.
         let mut waited = 0;
         loop {
-            let have = room.app(peers[agent]).world().resource::<SharedDoc>().state_vector();
-            if before.iter().all(|(client, clock)| have.get(client) >= *clock) {
+            let have = room
+                .app(peers[agent])
+                .world()
+                .resource::<SharedDoc>()
+                .state_vector();
+            if before
+                .iter()
+                .all(|(client, clock)| have.get(client) >= *clock)
+            {
                 break;
             }
             waited += 1;
@@ -131,7 +146,16 @@ fn concurrent_trace_replays_with_each_author_as_a_peer() {
     }
     room.step_n(120);
     for peer in peers {
-        let content = room.app(peer).world().resource::<SharedDoc>().text_string("note");
-        assert!(content == trace.end_content, "peer {peer} differs from endContent ({} vs {} bytes)", content.len(), trace.end_content.len());
+        let content = room
+            .app(peer)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("note");
+        assert!(
+            content == trace.end_content,
+            "peer {peer} differs from endContent ({} vs {} bytes)",
+            content.len(),
+            trace.end_content.len()
+        );
     }
 }

@@ -41,7 +41,11 @@ pub fn trace_path(name: &str) -> PathBuf {
         .iter()
         .find(|p| p.exists())
         .cloned()
-        .unwrap_or_else(|| panic!("editing trace `{name}` not found next to the repo (../shared/data/editing-traces)"))
+        .unwrap_or_else(|| {
+            panic!(
+                "editing trace `{name}` not found next to the repo (../shared/data/editing-traces)"
+            )
+        })
 }
 
 fn load_json(name: &str) -> Value {
