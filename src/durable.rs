@@ -10,7 +10,8 @@
 //!
 //! ## Ownership
 //! Every replicated entity has an [`Owner`]: the replica that spawned it, until it is
-//! handed over ([`TransferOwnership`]) or, once its owner has left, claimed
+//! handed over ([`TransferOwnership`], on its own or answering a
+//! [`RequestOwnership`]) or, once its owner has left, claimed
 //! ([`ClaimOwnership`], with [`OwnerLeftPolicy::Orphan`]). Only the owner's changes to
 //! an entity are sent. A live update from a peer that touches an entity the peer does
 //! not own is held for a moment (its ownership may be on its way from a third peer)
@@ -36,6 +37,7 @@
 //!   "<creator replica hex>-<counter>": Y.Map
 //!     "owner": "<replica hex>"
 //!     "owners": Y.Map { "<replica hex>": true, ... }   // everyone who has owned it
+//!     "requests": Y.Map { "<replica hex>": true, ... } // pending ownership requests
 //!     "components": Y.Map
 //!       "<type name>": Y.Map { "<field>": value, ... }   // "_" for non-struct values
 //! ```
@@ -69,6 +71,7 @@ use crate::transport::Channel;
 const ENTITIES: &str = "entities";
 const OWNER: &str = "owner";
 const OWNERS: &str = "owners";
+const REQUESTS: &str = "requests";
 const COMPONENTS: &str = "components";
 const WHOLE_VALUE: &str = "_";
 
@@ -125,6 +128,8 @@ pub struct EntityDocConfig {
     pub owner_left: OwnerLeftPolicy,
     /// How long a live update that is not (yet) allowed is held before it is refused.
     pub hold_timeout: Duration,
+    /// Whether owned entities are handed over on request without asking the game.
+    pub grant_requests: bool,
 }
 
 impl Default for EntityDocConfig {
@@ -132,6 +137,7 @@ impl Default for EntityDocConfig {
         Self {
             owner_left: OwnerLeftPolicy::Despawn,
             hold_timeout: Duration::from_secs(3),
+            grant_requests: true,
         }
     }
 }
@@ -144,6 +150,28 @@ pub struct TransferOwnership {
     /// The new owner.
     pub to: ReplicaId,
 }
+
+/// Ask an entity's owner to hand it over. The owner hears it as
+/// [`OwnershipRequested`] and, with [`EntityDocConfig::grant_requests`] (the
+/// default), hands it to the requester with the lowest replica id.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOwnership {
+    /// The local entity.
+    pub entity: Entity,
+}
+
+/// A peer asked for an entity this peer owns.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnershipRequested {
+    /// The local entity.
+    pub entity: Entity,
+    /// Who asks.
+    pub from: ReplicaId,
+}
+
+/// Requests seen on owned entities, waiting for [`answer_requests`].
+#[derive(Resource, Default)]
+struct PendingRequests(Vec<(Entity, ReplicaId)>);
 
 /// Take an orphaned entity (its owner left, policy [`OwnerLeftPolicy::Orphan`]).
 /// Concurrent claims converge to one owner on every peer.
@@ -261,9 +289,9 @@ fn attach_touch_observer(doc: &Doc, sink: Arc<Mutex<Touched>>) {
                     let keys = touched.inner.entry(entity.to_string()).or_default();
                     match (path.get(1), event) {
                         (Some(PathSegment::Key(key)), Event::Map(e))
-                            if path.len() == 2 && &**key == OWNERS =>
+                            if path.len() == 2 && (&**key == OWNERS || &**key == REQUESTS) =>
                         {
-                            keys.extend(e.keys(txn).keys().map(|k| format!("{OWNERS}/{k}")));
+                            keys.extend(e.keys(txn).keys().map(|k| format!("{key}/{k}")));
                         }
                         (Some(PathSegment::Key(key)), _) => {
                             keys.insert(key.to_string());
@@ -423,6 +451,11 @@ impl EntityDoc {
                 }
                 return false;
             }
+            // A request for ownership: only the sender's own request entry.
+            let own_request = format!("{REQUESTS}/{sender}");
+            if keys.iter().all(|k| k == REQUESTS || *k == own_request) {
+                continue;
+            }
             // A claim of an orphan: only the owner keys, adding only the sender. Judged
             // on the update alone, so every peer judges it alike.
             let own_entry = format!("{OWNERS}/{sender}");
@@ -579,6 +612,9 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<Staged>()
         .add_message::<TransferOwnership>()
         .add_message::<ClaimOwnership>()
+        .add_message::<RequestOwnership>()
+        .add_message::<OwnershipRequested>()
+        .init_resource::<PendingRequests>()
         .add_systems(
             PreUpdate,
             apply_remote_entities
@@ -587,7 +623,7 @@ pub(crate) fn plugin(app: &mut App) {
         )
         .add_systems(
             PostUpdate,
-            (assign_net_ids, flush_staged, send_entity_updates)
+            (assign_net_ids, answer_requests, flush_staged, send_entity_updates)
                 .chain()
                 .in_set(PeerSyncSystems::Collect),
         );
@@ -616,6 +652,25 @@ fn assign_net_ids(
     }
 }
 
+/// Tells the game about requests for its entities, and grants them if configured.
+fn answer_requests(
+    mut pending: ResMut<PendingRequests>,
+    config: Res<EntityDocConfig>,
+    mut requested: MessageWriter<OwnershipRequested>,
+    mut transfers: MessageWriter<TransferOwnership>,
+) {
+    let mut pending = std::mem::take(&mut pending.0);
+    pending.sort_by_key(|(entity, from)| (*entity, *from));
+    let mut granted: Option<Entity> = None;
+    for (entity, from) in pending {
+        requested.write(OwnershipRequested { entity, from });
+        if config.grant_requests && granted != Some(entity) {
+            transfers.write(TransferOwnership { entity, to: from });
+            granted = Some(entity);
+        }
+    }
+}
+
 /// Writes everything staged this frame, plus despawns and ownership changes, in one
 /// transaction.
 #[allow(clippy::too_many_arguments)]
@@ -629,6 +684,7 @@ fn flush_staged(
     owners: Query<(&NetId, &Owner)>,
     mut transfers: MessageReader<TransferOwnership>,
     mut claims: MessageReader<ClaimOwnership>,
+    mut requests: MessageReader<RequestOwnership>,
     peers: Query<&PeerReplica>,
     config: Res<EntityDocConfig>,
     mut commands: Commands,
@@ -637,7 +693,9 @@ fn flush_staged(
     let despawned: Vec<Entity> = despawned.read().collect();
     let transfers: Vec<TransferOwnership> = transfers.read().copied().collect();
     let claims: Vec<ClaimOwnership> = claims.read().copied().collect();
-    if staged.values.is_empty()
+    let requests: Vec<RequestOwnership> = requests.read().copied().collect();
+    if requests.is_empty()
+        && staged.values.is_empty()
         && staged.removed.is_empty()
         && despawned.is_empty()
         && transfers.is_empty()
@@ -693,6 +751,9 @@ fn flush_staged(
         }
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
             set_owner(&entity_map, &mut txn, transfer.to);
+            if let Some(Out::YMap(pending)) = entity_map.get(&txn, REQUESTS) {
+                pending.clear(&mut txn);
+            }
             commands
                 .entity(transfer.entity)
                 .insert(Owner(Some(transfer.to)));
@@ -714,6 +775,16 @@ fn flush_staged(
         if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
             set_owner(&entity_map, &mut txn, me);
             commands.entity(claim.entity).insert(Owner(Some(me)));
+        }
+    }
+    for request in requests {
+        let Ok((id, owner)) = owners.get(request.entity) else { continue };
+        if owner.0 == Some(me) {
+            continue;
+        }
+        if let Some(Out::YMap(entity_map)) = root.get(&txn, &id.to_string()) {
+            let pending = child_map(&entity_map, &mut txn, REQUESTS);
+            pending.insert(&mut txn, me.to_string(), true);
         }
     }
     drop(txn);
@@ -966,6 +1037,7 @@ fn materialise(
         id: NetId,
         owner: Option<ReplicaId>,
         components: Vec<Option<Any>>,
+        requests: Vec<ReplicaId>,
     }
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut gone: Vec<NetId> = Vec::new();
@@ -1007,7 +1079,16 @@ fn materialise(
                     .collect(),
                 _ => vec![None; types.0.len()],
             };
+            let requests = match (owner == Some(local), map.get(&txn, REQUESTS)) {
+                (true, Some(Out::YMap(requests))) => requests
+                    .keys(&txn)
+                    .filter_map(ReplicaId::parse)
+                    .filter(|r| *r != local)
+                    .collect(),
+                _ => Vec::new(),
+            };
             wanted.push(Wanted {
+                requests,
                 id,
                 owner,
                 components,
@@ -1049,6 +1130,10 @@ fn materialise(
                 entity
             }
         };
+        if !want.requests.is_empty() {
+            let mut pending = world.resource_mut::<PendingRequests>();
+            pending.0.extend(want.requests.iter().map(|r| (entity, *r)));
+        }
         let mut entity_mut = world.entity_mut(entity);
         if entity_mut.get::<Owner>() != Some(&Owner(want.owner)) {
             entity_mut.insert(Owner(want.owner));

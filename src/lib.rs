@@ -104,7 +104,8 @@ pub mod prelude {
     pub use crate::PeerSyncPlugin;
     pub use crate::PeerSyncSystems;
     pub use crate::durable::{
-        ClaimOwnership, NetId, Owner, Replicated, SyncAppExt, TransferOwnership,
+        ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,
+        TransferOwnership,
     };
     pub use crate::peer::{
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,

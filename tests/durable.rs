@@ -34,6 +34,7 @@ fn orphan_setup(app: &mut App) {
     app.insert_resource(EntityDocConfig {
         owner_left: OwnerLeftPolicy::Orphan,
         hold_timeout: Duration::from_secs(2),
+        ..Default::default()
     });
 }
 
@@ -333,7 +334,7 @@ fn convergence_run(seed: u64) {
                 .filter(|(_, o)| *o == Some(me))
                 .map(|(e, _)| *e)
                 .collect();
-            match rng.random_range(0..10) {
+            match rng.random_range(0..11) {
                 0..=2 => {
                     world.spawn((Replicated, card(rng.random_range(0..100), "spawned")));
                 }
@@ -377,6 +378,13 @@ fn convergence_run(seed: u64) {
                     if !orphans.is_empty() {
                         let entity = orphans[rng.random_range(0..orphans.len())];
                         world.write_message(ClaimOwnership { entity });
+                    }
+                }
+                10 => {
+                    let theirs: Vec<Entity> = owned.iter().filter(|(_, o)| *o != Some(me)).map(|(e, _)| *e).collect();
+                    if !theirs.is_empty() {
+                        let entity = theirs[rng.random_range(0..theirs.len())];
+                        world.write_message(RequestOwnership { entity });
                     }
                 }
                 _ => {}
@@ -567,4 +575,26 @@ fn offline_owner_and_claimer_edit_different_fields_and_both_survive() {
     assert_eq!(*owner, Some(replica(&room, 1)), "the claim stands");
     let card_value = card_value.as_ref().unwrap();
     assert_eq!((card_value.x, card_value.y), (10, 20), "both fields survive");
+}
+
+#[test]
+fn ownership_is_requested_and_granted() {
+    let mut room = TestRoom::new(29);
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = spawn(&mut room, 0, card(1, "wanted"));
+    room.step_n(3);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    let on_2 = room.app(2).world().resource::<NetEntities>().entity(id).unwrap();
+    room.app_mut(2).world_mut().write_message(RequestOwnership { entity: on_2 });
+    room.step_n(6);
+    let c = replica(&room, 2);
+    for peer in 0..3 {
+        assert_eq!(state(&mut room, peer)[&id].0, Some(c), "peer {peer} sees the grant");
+    }
+    room.app_mut(2).world_mut().get_mut::<Card>(on_2).unwrap().label = "mine now".into();
+    room.step_n(3);
+    assert_eq!(room.app(0).world().get::<Card>(entity).unwrap().label, "mine now");
 }

@@ -1,4 +1,4 @@
-//! Loads the real editing traces in `../shared/data/editing-traces` (CC BY 4.0, from
+//! Loads the real editing traces in `tests/data` (CC BY 4.0, from
 //! josephg/editing-traces).
 
 #![allow(dead_code)]
@@ -34,8 +34,8 @@ pub struct ConcurrentTrace {
 pub fn trace_path(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let candidates = [
-        root.join("../shared/data/editing-traces").join(name),
         root.join("tests/data").join(name),
+        root.join("../shared/data/editing-traces").join(name),
     ];
     candidates
         .iter()
@@ -43,7 +43,7 @@ pub fn trace_path(name: &str) -> PathBuf {
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "editing trace `{name}` not found next to the repo (../shared/data/editing-traces)"
+                "editing trace `{name}` not found in tests/data"
             )
         })
 }
