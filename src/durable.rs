@@ -470,11 +470,16 @@ impl EntityDoc {
     }
 }
 
+/// Reads a component from its document value into an entity.
+type ReadFn = fn(&mut EntityWorldMut, &Any) -> Result<(), String>;
+/// Removes a component from an entity.
+type RemoveFn = fn(&mut EntityWorldMut);
+
 /// One durable component type: how to write it to and read it from the document.
 struct DurableType {
     name: String,
-    read: fn(&mut EntityWorldMut, &Any) -> Result<(), String>,
-    remove: fn(&mut EntityWorldMut),
+    read: ReadFn,
+    remove: RemoveFn,
 }
 
 /// The durable types, in registration order.
@@ -536,9 +541,13 @@ impl SyncAppExt for App {
                         entity.remove::<T>();
                     },
                 });
+                self.insert_resource(DurableIndex::<T> {
+                    index,
+                    _type: std::marker::PhantomData,
+                });
                 self.add_systems(
                     PostUpdate,
-                    stage_component::<T>(index)
+                    stage_component::<T>
                         .in_set(PeerSyncSystems::Collect)
                         .after(assign_net_ids)
                         .before(flush_staged),
@@ -568,33 +577,38 @@ fn read_component<T: Component<Mutability = Mutable> + DeserializeOwned + Partia
     Ok(())
 }
 
-fn stage_component<T: Component + Serialize>(
+/// The index of durable type `T` in [`DurableTypes`].
+#[derive(Resource)]
+struct DurableIndex<T> {
     index: usize,
-) -> impl FnMut(
-    ResMut<Staged>,
-    Res<LocalPeer>,
-    Query<(&NetId, &Owner, Ref<T>)>,
-    Query<&NetId>,
-    RemovedComponents<T>,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Stages the owner's changes and removals of `T` for this frame's transaction.
+fn stage_component<T: Component + Serialize>(
+    index: Res<DurableIndex<T>>,
+    mut staged: ResMut<Staged>,
+    local: Res<LocalPeer>,
+    changed: Query<(&NetId, &Owner, &T), Changed<T>>,
+    ids: Query<&NetId>,
+    mut removed: RemovedComponents<T>,
 ) {
-    move |mut staged, local, changed, ids, mut removed| {
-        let me = Some(local.replica());
-        for (id, owner, value) in &changed {
-            if owner.0 != me || !value.is_changed() {
-                continue;
-            }
-            match yrs::encoding::serde::to_any(&*value) {
-                Ok(any) => staged.values.push((*id, index, any)),
-                Err(error) => error!(
-                    "component `{}` cannot be stored: {error}",
-                    std::any::type_name::<T>()
-                ),
-            }
+    let me = Some(local.replica());
+    for (id, owner, value) in &changed {
+        if owner.0 != me {
+            continue;
         }
-        for entity in removed.read() {
-            if let Ok(id) = ids.get(entity) {
-                staged.removed.push((*id, index));
-            }
+        match yrs::encoding::serde::to_any(value) {
+            Ok(any) => staged.values.push((*id, index.index, any)),
+            Err(error) => error!(
+                "component `{}` cannot be stored: {error}",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+    for entity in removed.read() {
+        if let Ok(id) = ids.get(entity) {
+            staged.removed.push((*id, index.index));
         }
     }
 }
@@ -623,7 +637,12 @@ pub(crate) fn plugin(app: &mut App) {
         )
         .add_systems(
             PostUpdate,
-            (assign_net_ids, answer_requests, flush_staged, send_entity_updates)
+            (
+                assign_net_ids,
+                answer_requests,
+                flush_staged,
+                send_entity_updates,
+            )
                 .chain()
                 .in_set(PeerSyncSystems::Collect),
         );
@@ -778,7 +797,9 @@ fn flush_staged(
         }
     }
     for request in requests {
-        let Ok((id, owner)) = owners.get(request.entity) else { continue };
+        let Ok((id, owner)) = owners.get(request.entity) else {
+            continue;
+        };
         if owner.0 == Some(me) {
             continue;
         }
@@ -912,6 +933,10 @@ fn apply_remote_entities(world: &mut World) {
                 since: now,
             });
         }
+        // A catch-up that brings nothing new (the usual answer of a peer that was
+        // already in step) is skipped: no re-read of the world for it.
+        let known = doc.state_vector();
+        catch_up.retain(|update| update.extends(&known) || !update.delete_set().is_empty());
         if !catch_up.is_empty() {
             // y-sync catch-up: relayed state, applied as is (see the module docs), in
             // one transaction, without per-change tracking: everything is re-read.
@@ -981,17 +1006,34 @@ fn apply_remote_entities(world: &mut World) {
     };
     let mut dirty: HashSet<String> = touched.roots;
     dirty.extend(touched.inner.into_keys());
-    let replicas_changed =
-        std::mem::take(&mut world.resource_mut::<OwnerChanges>().replicas_changed);
+    let replicas_changed = std::mem::take(&mut world.resource_mut::<OwnerChanges>().replicas);
     let everything_dirty = std::mem::take(&mut world.resource_mut::<EntityDoc>().everything_dirty);
-    if replicas_changed || everything_dirty {
-        // Presence changed (entities whose owner came or went may appear or vanish),
-        // or a catch-up was applied untracked: re-read every entity, here or there.
-        dirty.extend(world.resource::<NetEntities>().map.keys().map(ToString::to_string));
+    if everything_dirty {
+        // A catch-up was applied untracked: re-read every entity, here or there.
+        dirty.extend(
+            world
+                .resource::<NetEntities>()
+                .map
+                .keys()
+                .map(ToString::to_string),
+        );
         let doc = world.resource::<EntityDoc>();
         let txn = doc.doc().transact();
         if let Some(root) = txn.get_map(ENTITIES) {
             dirty.extend(root.keys(&txn).map(str::to_owned));
+        }
+    } else if !replicas_changed.is_empty() && config.owner_left == OwnerLeftPolicy::Despawn {
+        // An owner came or went: its entities appear or vanish.
+        let doc = world.resource::<EntityDoc>();
+        let txn = doc.doc().transact();
+        if let Some(root) = txn.get_map(ENTITIES) {
+            let root = MapRef::clone(&root);
+            for (key, _) in root.iter(&txn) {
+                let owner = EntityDoc::owner_in_txn(&root, &txn, key).flatten();
+                if owner.is_some_and(|o| replicas_changed.contains(&o)) {
+                    dirty.insert(key.to_owned());
+                }
+            }
         }
     }
     if !dirty.is_empty() {
@@ -999,10 +1041,10 @@ fn apply_remote_entities(world: &mut World) {
     }
 }
 
-/// Set when a replica joins or leaves, so entities are re-checked for visibility.
+/// Replicas that joined or left, so their entities are re-checked for visibility.
 #[derive(Resource, Default)]
 struct OwnerChanges {
-    replicas_changed: bool,
+    replicas: HashSet<ReplicaId>,
 }
 
 fn note_replica_changes(
@@ -1010,9 +1052,10 @@ fn note_replica_changes(
     mut left: MessageReader<PeerLeft>,
     mut changes: ResMut<OwnerChanges>,
 ) {
-    if joined.read().count() + left.read().count() > 0 {
-        changes.replicas_changed = true;
-    }
+    changes.replicas.extend(joined.read().map(|j| j.replica));
+    changes
+        .replicas
+        .extend(left.read().filter_map(|l| l.replica));
 }
 
 pub(crate) fn presence_hooks(app: &mut App) {
@@ -1108,10 +1151,7 @@ fn materialise(
             entity.despawn();
         }
     }
-    let readers: Vec<(
-        fn(&mut EntityWorldMut, &Any) -> Result<(), String>,
-        fn(&mut EntityWorldMut),
-    )> = world
+    let readers: Vec<(ReadFn, RemoveFn)> = world
         .resource::<DurableTypes>()
         .0
         .iter()

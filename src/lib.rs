@@ -35,7 +35,7 @@
 //! ## Testing without a network
 //!
 //! Everything above the transport runs unchanged over an in-process
-//! [`MemoryNetwork`](transport::memory::MemoryNetwork) with a seeded link conditioner;
+//! [`transport::memory::MemoryNetwork`] with a seeded link conditioner;
 //! [`testing::TestRoom`] steps several `App`s frame by frame:
 //!
 //! ```

@@ -1,7 +1,7 @@
 //! Peers as entities: who is in the room, and what game code hears about them.
 //!
 //! Every remote peer with an open link has an entity carrying [`Peer`],
-//! [`PeerLink`] and [`PeerStats`]. The entity appears when the link opens
+//! [`PeerLink`] and [`PeerStats`](crate::stats::PeerStats). The entity appears when the link opens
 //! ([`PeerLink::Handshaking`]), becomes [`PeerLink::Connected`] once both sides agree on
 //! the protocol and the registered sync types (then [`PeerJoined`] is written), and is
 //! despawned when the link closes (then [`PeerLeft`] is written). A peer whose

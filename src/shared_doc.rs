@@ -454,12 +454,21 @@ mod tests {
     #[test]
     fn oversized_and_malformed_updates_are_refused() {
         let doc = Doc::new();
-        doc.get_or_insert_text("t").insert(&mut doc.transact_mut(), 0, "0123456789");
-        let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, "0123456789");
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         let small = DocLimits { max_update_size: 8 };
-        assert_eq!(decode_update(&update, &small).err(), Some(DropReason::Oversized));
+        assert_eq!(
+            decode_update(&update, &small).err(),
+            Some(DropReason::Oversized)
+        );
         assert!(decode_update(&update, &DocLimits::default()).is_ok());
-        assert_eq!(decode_update(&[0xff, 0xff, 0xff], &DocLimits::default()).err(), Some(DropReason::Malformed));
+        assert_eq!(
+            decode_update(&[0xff, 0xff, 0xff], &DocLimits::default()).err(),
+            Some(DropReason::Malformed)
+        );
         assert_eq!(decode_sync(&[9, 0, 0]).err(), Some(DropReason::Unknown));
         assert_eq!(decode_sync(&[]).err(), Some(DropReason::Malformed));
     }

@@ -50,12 +50,10 @@ fn state(room: &mut TestRoom, peer: usize) -> State {
 }
 
 fn spawn(room: &mut TestRoom, peer: usize, card: Card) -> Entity {
-    let entity = room
-        .app_mut(peer)
+    room.app_mut(peer)
         .world_mut()
         .spawn((Replicated, card))
-        .id();
-    entity
+        .id()
 }
 
 fn card(x: i64, label: &str) -> Card {
@@ -381,7 +379,11 @@ fn convergence_run(seed: u64) {
                     }
                 }
                 10 => {
-                    let theirs: Vec<Entity> = owned.iter().filter(|(_, o)| *o != Some(me)).map(|(e, _)| *e).collect();
+                    let theirs: Vec<Entity> = owned
+                        .iter()
+                        .filter(|(_, o)| *o != Some(me))
+                        .map(|(e, _)| *e)
+                        .collect();
                     if !theirs.is_empty() {
                         let entity = theirs[rng.random_range(0..theirs.len())];
                         world.write_message(RequestOwnership { entity });
@@ -557,12 +559,23 @@ fn offline_owner_and_claimer_edit_different_fields_and_both_survive() {
     // Peer 0 drops off the network; the others see it leave and peer 1 claims its card.
     room.network.set_isolated(room.peer_id(0).unwrap(), true);
     room.step_n(3);
-    let on_1 = room.app(1).world().resource::<NetEntities>().entity(id).unwrap();
-    room.app_mut(1).world_mut().write_message(ClaimOwnership { entity: on_1 });
+    let on_1 = room
+        .app(1)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)
+        .unwrap();
+    room.app_mut(1)
+        .world_mut()
+        .write_message(ClaimOwnership { entity: on_1 });
     room.step_n(2);
     room.app_mut(1).world_mut().get_mut::<Card>(on_1).unwrap().y = 20;
     // Meanwhile the offline owner edits another field of the same component.
-    room.app_mut(0).world_mut().get_mut::<Card>(entity).unwrap().x = 10;
+    room.app_mut(0)
+        .world_mut()
+        .get_mut::<Card>(entity)
+        .unwrap()
+        .x = 10;
     room.step_n(3);
 
     room.network.set_isolated(room.peer_id(0).unwrap(), false);
@@ -574,7 +587,11 @@ fn offline_owner_and_claimer_edit_different_fields_and_both_survive() {
     let (owner, card_value, _) = &merged[&id];
     assert_eq!(*owner, Some(replica(&room, 1)), "the claim stands");
     let card_value = card_value.as_ref().unwrap();
-    assert_eq!((card_value.x, card_value.y), (10, 20), "both fields survive");
+    assert_eq!(
+        (card_value.x, card_value.y),
+        (10, 20),
+        "both fields survive"
+    );
 }
 
 #[test]
@@ -587,14 +604,32 @@ fn ownership_is_requested_and_granted() {
     let entity = spawn(&mut room, 0, card(1, "wanted"));
     room.step_n(3);
     let id = *room.app(0).world().get::<NetId>(entity).unwrap();
-    let on_2 = room.app(2).world().resource::<NetEntities>().entity(id).unwrap();
-    room.app_mut(2).world_mut().write_message(RequestOwnership { entity: on_2 });
+    let on_2 = room
+        .app(2)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)
+        .unwrap();
+    room.app_mut(2)
+        .world_mut()
+        .write_message(RequestOwnership { entity: on_2 });
     room.step_n(6);
     let c = replica(&room, 2);
     for peer in 0..3 {
-        assert_eq!(state(&mut room, peer)[&id].0, Some(c), "peer {peer} sees the grant");
+        assert_eq!(
+            state(&mut room, peer)[&id].0,
+            Some(c),
+            "peer {peer} sees the grant"
+        );
     }
-    room.app_mut(2).world_mut().get_mut::<Card>(on_2).unwrap().label = "mine now".into();
+    room.app_mut(2)
+        .world_mut()
+        .get_mut::<Card>(on_2)
+        .unwrap()
+        .label = "mine now".into();
     room.step_n(3);
-    assert_eq!(room.app(0).world().get::<Card>(entity).unwrap().label, "mine now");
+    assert_eq!(
+        room.app(0).world().get::<Card>(entity).unwrap().label,
+        "mine now"
+    );
 }

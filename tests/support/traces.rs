@@ -41,11 +41,7 @@ pub fn trace_path(name: &str) -> PathBuf {
         .iter()
         .find(|p| p.exists())
         .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "editing trace `{name}` not found in tests/data"
-            )
-        })
+        .unwrap_or_else(|| panic!("editing trace `{name}` not found in tests/data"))
 }
 
 fn load_json(name: &str) -> Value {
