@@ -171,7 +171,7 @@ pub struct OwnershipRequested {
 
 /// Requests seen on owned entities, waiting for [`answer_requests`].
 #[derive(Resource, Default)]
-struct PendingRequests(Vec<(Entity, ReplicaId)>);
+pub(crate) struct PendingRequests(Vec<(Entity, ReplicaId)>);
 
 /// Take an orphaned entity (its owner left, policy [`OwnerLeftPolicy::Orphan`]).
 /// Concurrent claims converge to one owner on every peer.
@@ -476,7 +476,7 @@ type ReadFn = fn(&mut EntityWorldMut, &Any) -> Result<(), String>;
 type RemoveFn = fn(&mut EntityWorldMut);
 
 /// One durable component type: how to write it to and read it from the document.
-struct DurableType {
+pub(crate) struct DurableType {
     name: String,
     read: ReadFn,
     remove: RemoveFn,
@@ -484,13 +484,19 @@ struct DurableType {
 
 /// The durable types, in registration order.
 #[derive(Resource, Default)]
-struct DurableTypes(Vec<DurableType>);
+pub(crate) struct DurableTypes(Vec<DurableType>);
 
 /// Component values staged this frame for the document, written in one transaction.
 #[derive(Resource, Default)]
-struct Staged {
+pub(crate) struct Staged {
     values: Vec<(NetId, usize, Any)>,
     removed: Vec<(NetId, usize)>,
+}
+
+impl Staged {
+    pub(crate) fn push(&mut self, id: NetId, index: usize, value: Any) {
+        self.values.push((id, index, value));
+    }
 }
 
 /// Registration of synced component types.
@@ -519,6 +525,19 @@ pub trait SyncAppExt {
     fn sync_component<T>(&mut self, route: Route) -> &mut Self
     where
         T: Component<Mutability = Mutable> + Serialize + DeserializeOwned + Clone + PartialEq;
+
+    /// Synchronises `T` on the transient route with your own codec, under `name`.
+    fn sync_transient_with<T>(
+        &mut self,
+        name: String,
+        codec: crate::transient::TransientCodec<T>,
+    ) -> &mut Self
+    where
+        T: Component<Mutability = Mutable>;
+
+    /// Synchronises `Transform` on the transient route with `encoding`, smoothed on
+    /// receivers (see [`crate::smoothing`]).
+    fn sync_transform(&mut self, encoding: crate::transform_codec::TransformEncoding) -> &mut Self;
 }
 
 impl SyncAppExt for App {
@@ -553,9 +572,58 @@ impl SyncAppExt for App {
                         .before(flush_staged),
                 );
             }
-            Route::Transient => {}
+            Route::Transient => {
+                self.sync_transient_with::<T>(name, crate::transient::TransientCodec::serde());
+                // `register` already added the schema entry.
+                return self;
+            }
         }
         self
+    }
+
+    fn sync_transient_with<T>(
+        &mut self,
+        name: String,
+        codec: crate::transient::TransientCodec<T>,
+    ) -> &mut Self
+    where
+        T: Component<Mutability = Mutable>,
+    {
+        if self
+            .world()
+            .resource::<SyncRegistry>()
+            .index_of(&name)
+            .is_none()
+        {
+            self.world_mut()
+                .get_resource_or_init::<SyncRegistry>()
+                .register(name.clone(), Route::Transient);
+        }
+        // Committed values live in the document under the same name.
+        let mut types = self.world_mut().get_resource_or_init::<DurableTypes>();
+        let index = types.0.len();
+        types.0.push(DurableType {
+            name,
+            read: crate::transient::read_committed::<T>,
+            remove: |_| {},
+        });
+        self.insert_resource(DurableIndex::<T> {
+            index,
+            _type: std::marker::PhantomData,
+        });
+        crate::transient::register::<T>(self, codec);
+        self
+    }
+
+    fn sync_transform(&mut self, encoding: crate::transform_codec::TransformEncoding) -> &mut Self {
+        let name = match encoding {
+            crate::transform_codec::TransformEncoding::Lossless => "Transform".to_owned(),
+            crate::transform_codec::TransformEncoding::Quantized { position_precision } => {
+                format!("Transform@{position_precision}")
+            }
+        };
+        self.sync_transient_with::<Transform>(name, crate::transform_codec::codec(encoding));
+        crate::smoothing::SmoothAppExt::smooth_component::<Transform>(self, Default::default())
     }
 }
 
@@ -579,9 +647,15 @@ fn read_component<T: Component<Mutability = Mutable> + DeserializeOwned + Partia
 
 /// The index of durable type `T` in [`DurableTypes`].
 #[derive(Resource)]
-struct DurableIndex<T> {
+pub(crate) struct DurableIndex<T> {
     index: usize,
     _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> DurableIndex<T> {
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
 }
 
 /// Stages the owner's changes and removals of `T` for this frame's transaction.
@@ -649,7 +723,7 @@ pub(crate) fn plugin(app: &mut App) {
 }
 
 /// Gives new [`Replicated`] entities a [`NetId`] and the local replica as owner.
-fn assign_net_ids(
+pub(crate) fn assign_net_ids(
     mut commands: Commands,
     local: Res<LocalPeer>,
     mut net: ResMut<NetEntities>,
@@ -693,7 +767,7 @@ fn answer_requests(
 /// Writes everything staged this frame, plus despawns and ownership changes, in one
 /// transaction.
 #[allow(clippy::too_many_arguments)]
-fn flush_staged(
+pub(crate) fn flush_staged(
     mut doc: ResMut<EntityDoc>,
     types: Res<DurableTypes>,
     local: Res<LocalPeer>,
@@ -903,7 +977,7 @@ fn send_entity_updates(doc: Res<EntityDoc>, mut outbox: ResMut<Outbox>) {
 
 /// Applies queued remote entity updates (checking ownership of live ones) and
 /// materialises what changed into the world.
-fn apply_remote_entities(world: &mut World) {
+pub(crate) fn apply_remote_entities(world: &mut World) {
     let now = world.resource::<Time<Real>>().elapsed();
     let local = world.resource::<LocalPeer>().replica();
     let config = world.resource::<EntityDocConfig>().clone();

@@ -67,6 +67,9 @@
 //! | [`session`] | handshake, routing, your own payloads |
 //! | [`shared_doc`] | the room's shared yrs document (texts, maps) |
 //! | [`durable`] | replicated entities and durable components, ownership |
+//! | [`transient`] | latest-wins values on the unreliable channel |
+//! | [`smoothing`] | interpolation buffers for transient values |
+//! | [`transform_codec`] | compact `Transform` encodings |
 //! | [`wire`] | the datagram format and its limits |
 //! | [`transport`] | the byte-queue boundary and its backends |
 //! | [`signaling`] | the signaling server (native) |
@@ -82,8 +85,11 @@ pub mod session;
 pub mod shared_doc;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod signaling;
+pub mod smoothing;
 pub mod stats;
 pub mod testing;
+pub mod transform_codec;
+pub mod transient;
 pub mod transport;
 pub mod wire;
 
@@ -114,7 +120,10 @@ pub mod prelude {
     pub use crate::registry::Route;
     pub use crate::session::{PayloadReceived, Recipients, SendPayload};
     pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
+    pub use crate::smoothing::{Smooth, SmoothAppExt, SmoothingConfig};
     pub use crate::stats::{DropReason, PeerStats};
+    pub use crate::transform_codec::TransformEncoding;
+    pub use crate::transient::{CommitTransient, TransientConfig};
     pub use crate::transport::{Channel, TransportIo};
 }
 
@@ -290,5 +299,6 @@ impl Plugin for PeerSyncPlugin {
         shared_doc::plugin(app);
         durable::plugin(app);
         durable::presence_hooks(app);
+        transient::plugin(app);
     }
 }

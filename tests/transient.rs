@@ -1,0 +1,352 @@
+//! The transient route over the in-memory transport: loss, reordering, duplication,
+//! forged values, values racing their entity's spawn, Transform smoothing, commits.
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_peer_sync::durable::{EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::testing::TestRoom;
+use bevy_peer_sync::transport::Packet;
+use bevy_peer_sync::transport::memory::LinkConditioner;
+use bevy_peer_sync::wire::{self, Message};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+#[derive(Component, Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+struct Cursor {
+    step: u32,
+}
+
+#[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+struct Label(String);
+
+fn setup(app: &mut App) {
+    app.sync_component::<Label>(Route::Durable)
+        .sync_component::<Cursor>(Route::Transient)
+        .sync_transform(TransformEncoding::Quantized {
+            position_precision: 0.01,
+        });
+}
+
+fn cursor_of(room: &mut TestRoom, peer: usize, id: NetId) -> Option<Cursor> {
+    let entity = room
+        .app(peer)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)?;
+    room.app(peer).world().get::<Cursor>(entity).copied()
+}
+
+fn drops(room: &mut TestRoom, peer: usize, reason: DropReason) -> u64 {
+    let world = room.app_mut(peer).world_mut();
+    world
+        .query::<&PeerStats>()
+        .iter(world)
+        .map(|s| s.dropped(reason))
+        .sum()
+}
+
+#[test]
+fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
+    let mut room = TestRoom::new(31);
+    room.network.set_default_conditioner(LinkConditioner {
+        loss: 0.3,
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(25),
+        reorder: 0.2,
+        duplicate: 0.1,
+    });
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(120, TestRoom::fully_connected));
+    let entities: Vec<Entity> = (0..20)
+        .map(|_| {
+            room.app_mut(0)
+                .world_mut()
+                .spawn((Replicated, Cursor { step: 0 }))
+                .id()
+        })
+        .collect();
+    room.step_n(60);
+    let ids: Vec<NetId> = entities
+        .iter()
+        .map(|e| *room.app(0).world().get::<NetId>(*e).unwrap())
+        .collect();
+    let mut last_seen = vec![[0u32; 20]; 3];
+    for step in 1..=300u32 {
+        for entity in &entities {
+            room.app_mut(0)
+                .world_mut()
+                .get_mut::<Cursor>(*entity)
+                .unwrap()
+                .step = step;
+        }
+        room.step();
+        for peer in [1, 2] {
+            for (n, id) in ids.iter().enumerate() {
+                if let Some(cursor) = cursor_of(&mut room, peer, *id) {
+                    assert!(
+                        cursor.step <= step,
+                        "peer {peer} has a value the owner never had"
+                    );
+                    assert!(
+                        cursor.step >= last_seen[peer][n],
+                        "peer {peer} went backwards"
+                    );
+                    last_seen[peer][n] = cursor.step;
+                }
+            }
+        }
+    }
+    assert!(
+        drops(&mut room, 1, DropReason::Stale) > 0,
+        "duplicates and reorders were dropped"
+    );
+    room.network.set_default_conditioner(LinkConditioner {
+        latency: Duration::from_millis(30),
+        ..Default::default()
+    });
+    room.step_n(10);
+    for peer in [1, 2] {
+        for id in &ids {
+            assert_eq!(
+                cursor_of(&mut room, peer, *id),
+                Some(Cursor { step: 300 }),
+                "peer {peer}"
+            );
+        }
+    }
+}
+
+/// Builds a transient datagram naming entity `id` (created by `creator`) with a
+/// `Cursor` (transient type 0).
+fn forged(tick: u8, id: NetId, step: u32) -> Bytes {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut body = vec![tick, 0, 1];
+    varint(&mut body, (id.counter << 1) | 1);
+    varint(&mut body, id.creator.0);
+    let mut value = Vec::new();
+    varint(&mut value, u64::from(step));
+    varint(&mut body, value.len() as u64);
+    body.extend(value);
+    wire::encode(&Message::Transient(Bytes::from(body))).unwrap()
+}
+
+#[test]
+fn forged_values_from_a_non_owner_change_nothing() {
+    let mut room = TestRoom::new(32);
+    for _ in 0..3 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(0)
+        .world_mut()
+        .spawn((Replicated, Cursor { step: 5 }))
+        .id();
+    room.step_n(4);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    assert_eq!(cursor_of(&mut room, 2, id), Some(Cursor { step: 5 }));
+
+    // Peer 1 claims to move peer 0's cursor, straight onto peer 2's transport.
+    let from = room.peer_id(1).unwrap();
+    for tick in 100..110u8 {
+        room.app_mut(2)
+            .world_mut()
+            .resource_mut::<TransportIo>()
+            .insert_received(Packet {
+                peer: from,
+                channel: Channel::Unreliable,
+                bytes: forged(tick, id, 99),
+            });
+        room.step();
+    }
+    assert_eq!(cursor_of(&mut room, 2, id), Some(Cursor { step: 5 }));
+    assert!(drops(&mut room, 2, DropReason::NotOwner) >= 10);
+    // Garbage in the same place is dropped as malformed.
+    room.app_mut(2)
+        .world_mut()
+        .resource_mut::<TransportIo>()
+        .insert_received(Packet {
+            peer: from,
+            channel: Channel::Unreliable,
+            bytes: wire::encode(&Message::Transient(Bytes::from_static(&[1, 0, 9, 9, 9]))).unwrap(),
+        });
+    room.step();
+    assert!(drops(&mut room, 2, DropReason::Malformed) >= 1);
+}
+
+#[test]
+fn a_flood_from_one_peer_is_cut_at_its_budget() {
+    let mut room = TestRoom::new(33);
+    for _ in 0..2 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let from = room.peer_id(0).unwrap();
+    let id = NetId {
+        creator: room.app(0).world().resource::<LocalPeer>().replica(),
+        counter: 77,
+    };
+    {
+        let mut io = room.app_mut(1).world_mut().resource_mut::<TransportIo>();
+        for tick in 0..200u8 {
+            io.insert_received(Packet {
+                peer: from,
+                channel: Channel::Unreliable,
+                bytes: forged(tick % 100, id, 1),
+            });
+        }
+    }
+    room.step();
+    assert!(drops(&mut room, 1, DropReason::OverBudget) >= 100);
+}
+
+#[test]
+fn values_that_outrun_their_spawn_are_held_not_lost() {
+    let mut room = TestRoom::new(34);
+    for _ in 0..2 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    // The reliable channel retransmits a lot; the unreliable one gets through first.
+    room.network.set_default_conditioner(LinkConditioner {
+        loss: 0.6,
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let entity = room
+        .app_mut(0)
+        .world_mut()
+        .spawn((Replicated, Cursor { step: 1 }))
+        .id();
+    for step in 2..40 {
+        room.app_mut(0)
+            .world_mut()
+            .get_mut::<Cursor>(entity)
+            .unwrap()
+            .step = step;
+        room.step();
+    }
+    room.network
+        .set_default_conditioner(LinkConditioner::PERFECT);
+    room.step_n(10);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    assert_eq!(cursor_of(&mut room, 1, id), Some(Cursor { step: 39 }));
+    assert_eq!(drops(&mut room, 1, DropReason::NotOwner), 0);
+}
+
+#[test]
+fn transforms_are_smoothed_and_land_on_the_final_pose() {
+    let mut room = TestRoom::new(35);
+    room.network.set_default_conditioner(LinkConditioner {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(15),
+        loss: 0.1,
+        ..Default::default()
+    });
+    for _ in 0..2 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(60, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(0)
+        .world_mut()
+        .spawn((Replicated, Transform::default()))
+        .id();
+    room.step_n(10);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    let mut previous_x = 0.0f32;
+    for step in 1..=120 {
+        room.app_mut(0)
+            .world_mut()
+            .get_mut::<Transform>(entity)
+            .unwrap()
+            .translation
+            .x = step as f32 * 0.1;
+        room.step();
+        let remote = room
+            .app(1)
+            .world()
+            .resource::<NetEntities>()
+            .entity(id)
+            .unwrap();
+        let x = room
+            .app(1)
+            .world()
+            .get::<Transform>(remote)
+            .unwrap()
+            .translation
+            .x;
+        // Smoothed motion never jumps backwards by more than the quantization step.
+        assert!(
+            x + 0.011 >= previous_x,
+            "step {step}: {x} after {previous_x}"
+        );
+        previous_x = x;
+    }
+    room.step_n(30);
+    let remote = room
+        .app(1)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)
+        .unwrap();
+    let x = room
+        .app(1)
+        .world()
+        .get::<Transform>(remote)
+        .unwrap()
+        .translation
+        .x;
+    assert!((x - 12.0).abs() < 0.006, "{x}");
+}
+
+#[test]
+fn a_committed_value_outlives_its_owner() {
+    let mut room = TestRoom::new(36);
+    let orphan = |app: &mut App| {
+        setup(app);
+        app.insert_resource(EntityDocConfig {
+            owner_left: OwnerLeftPolicy::Orphan,
+            ..Default::default()
+        });
+    };
+    let a = room.add_peer(orphan);
+    room.add_peer(orphan);
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(a)
+        .world_mut()
+        .spawn((Replicated, Label("card".into()), Cursor { step: 1 }))
+        .id();
+    room.step_n(3);
+    room.app_mut(a)
+        .world_mut()
+        .get_mut::<Cursor>(entity)
+        .unwrap()
+        .step = 42;
+    room.app_mut(a)
+        .world_mut()
+        .write_message(CommitTransient { entity });
+    room.step_n(3);
+    let id = *room.app(a).world().get::<NetId>(entity).unwrap();
+    room.disconnect(a);
+    room.step_n(3);
+    // A newcomer learns the committed value from the document alone.
+    let c = room.add_peer(orphan);
+    assert!(room.step_until(20, |room| cursor_of(room, c, id).is_some()));
+    assert_eq!(cursor_of(&mut room, c, id), Some(Cursor { step: 42 }));
+}
