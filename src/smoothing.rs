@@ -164,12 +164,15 @@ impl SmoothAppExt for App {
     }
 }
 
+/// Replicated entities without a buffer for `T` yet.
+type Unbuffered<T> = (With<NetId>, Without<Interpolated<T>>);
+
 /// Gives remote-owned entities a buffer, and takes it from locally owned ones.
 fn attach_buffers<T: Component + Smooth>(
     mut commands: Commands,
     settings: Res<Smoothing<T>>,
     local: Res<LocalPeer>,
-    without: Query<(Entity, &Owner), (With<NetId>, Without<Interpolated<T>>)>,
+    without: Query<(Entity, &Owner), Unbuffered<T>>,
     with: Query<(Entity, &Owner), With<Interpolated<T>>>,
 ) {
     let me = Some(local.replica());

@@ -17,21 +17,16 @@ use bevy::prelude::*;
 use crate::transient::TransientCodec;
 
 /// How `Transform` travels.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum TransformEncoding {
     /// Exact `f32`s (the default).
+    #[default]
     Lossless,
     /// Quantized translation and smallest-three rotation. See the module docs.
     Quantized {
         /// The translation step, in world units (e.g. 0.01 for 1 cm).
         position_precision: f32,
     },
-}
-
-impl Default for TransformEncoding {
-    fn default() -> Self {
-        Self::Lossless
-    }
 }
 
 fn write_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -87,7 +82,7 @@ const SCALE: u8 = 2;
 pub fn encode_lossless(transform: &Transform, out: &mut Vec<u8>) {
     let rotation = transform.rotation != Quat::IDENTITY;
     let scale = transform.scale != Vec3::ONE;
-    out.push(u8::from(rotation) * ROTATION | u8::from(scale) * SCALE);
+    out.push((u8::from(rotation) * ROTATION) | (u8::from(scale) * SCALE));
     out.extend(
         transform
             .translation

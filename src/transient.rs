@@ -14,7 +14,7 @@
 //! not known yet (its spawn is still on the reliable channel) is held for
 //! [`TransientConfig::pending_timeout`] and applied when the entity appears.
 //!
-//! Components that implement [`Smooth`] (like `Transform`) can be played back through
+//! Components that implement [`Smooth`](crate::smoothing::Smooth) (like `Transform`) can be played back through
 //! an interpolation buffer instead of snapping: see [`crate::smoothing`].
 //!
 //! ## Datagram body
@@ -416,12 +416,11 @@ pub(crate) fn pack(
     datagrams
 }
 
+/// One decoded value: its type index, entity and encoded value.
+pub(crate) type Entry = (u16, NetId, Bytes);
+
 /// Decodes a datagram body into entries. `None` if it is malformed anywhere.
-pub(crate) fn unpack(
-    body: &[u8],
-    sender: ReplicaId,
-    types: u16,
-) -> Option<(u32, Vec<(u16, NetId, Bytes)>)> {
+pub(crate) fn unpack(body: &[u8], sender: ReplicaId, types: u16) -> Option<(u32, Vec<Entry>)> {
     let body_bytes = Bytes::copy_from_slice(body);
     let mut at = 0;
     let tick = u32::try_from(read_varint(body, &mut at)?).ok()?;
@@ -533,7 +532,7 @@ fn decode_transient(
 
 /// Applies this frame's values of `T`, checking order and ownership.
 #[allow(clippy::too_many_arguments)]
-fn apply_transient<T: Component<Mutability = Mutable>>(
+fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
     mut commands: Commands,
     mut kind: ResMut<TransientType<T>>,
     mut state: ResMut<TransientState>,
@@ -546,9 +545,7 @@ fn apply_transient<T: Component<Mutability = Mutable>>(
     mut stats: Query<&mut PeerStats>,
     mut targets: Query<&mut T>,
     mut smoothing: Query<&mut crate::smoothing::Interpolated<T>>,
-) where
-    T: Send + Sync + 'static,
-{
+) {
     let now = time.elapsed();
     let index = kind.index;
     let codec = kind.codec;
