@@ -191,13 +191,20 @@ fn attach_buffers<T: Component + Smooth>(
 }
 
 fn play_back<T: Component<Mutability = Mutable> + Smooth>(
+    mut commands: Commands,
     time: Res<Time<Real>>,
-    mut query: Query<(&mut Interpolated<T>, &mut T)>,
+    mut query: Query<(Entity, &mut Interpolated<T>, Option<&mut T>)>,
 ) {
     let now = time.elapsed();
-    for (mut buffer, mut value) in &mut query {
-        if let Some(sample) = buffer.sample(now) {
-            *value = sample;
+    for (entity, mut buffer, value) in &mut query {
+        let Some(sample) = buffer.sample(now) else {
+            continue;
+        };
+        match value {
+            Some(mut value) => *value = sample,
+            None => {
+                commands.entity(entity).insert(sample);
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
+use bevy_peer_sync::durable::NetId;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::signaling::start_signaling_server;
 use bytes::Bytes;
@@ -104,4 +105,90 @@ fn three_peers_handshake_and_round_trip_over_webrtc() {
         update_all(&mut apps);
     }
     drop(server);
+}
+
+#[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq, Debug)]
+struct Tag(u32);
+
+#[test]
+fn two_hundred_moving_entities_arrive_over_webrtc() {
+    use bevy_peer_sync::durable::NetEntities;
+
+    let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
+    let url = server.room_url("transient_test");
+    let mut apps: Vec<App> = (0..2)
+        .map(|_| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins)
+                .add_plugins(PeerSyncPlugin::new(url.clone()))
+                .sync_component::<Tag>(Route::Durable)
+                .sync_transform(TransformEncoding::Quantized {
+                    position_precision: 0.001,
+                });
+            app
+        })
+        .collect();
+    let start = Instant::now();
+    while !apps.iter_mut().all(|app| connected(app) == 1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "peers did not connect"
+        );
+        update_all(&mut apps);
+    }
+    let entities: Vec<Entity> = (0..200)
+        .map(|n| {
+            apps[0]
+                .world_mut()
+                .spawn((Replicated, Tag(n), Transform::default()))
+                .id()
+        })
+        .collect();
+    // Move everything for 2 s at about 60 Hz.
+    let start = Instant::now();
+    let mut frame = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        frame += 1;
+        for (n, entity) in entities.iter().enumerate() {
+            let mut transform = apps[0].world_mut().get_mut::<Transform>(*entity).unwrap();
+            transform.translation = Vec3::new(n as f32, frame as f32 * 0.01, 0.0);
+        }
+        for app in apps.iter_mut() {
+            app.update();
+        }
+        std::thread::sleep(Duration::from_millis(16));
+    }
+    // Settle: the receiver plays back slightly in the past.
+    let settle = Instant::now();
+    let expected: Vec<(NetId, Vec3)> = entities
+        .iter()
+        .map(|e| {
+            let world = apps[0].world();
+            (
+                *world.get::<NetId>(*e).unwrap(),
+                world.get::<Transform>(*e).unwrap().translation,
+            )
+        })
+        .collect();
+    loop {
+        update_all(&mut apps);
+        let world = apps[1].world();
+        let net = world.resource::<NetEntities>();
+        let arrived = expected.iter().all(|(id, position)| {
+            net.entity(*id)
+                .and_then(|e| world.get::<Transform>(e))
+                .is_some_and(|t| (t.translation - *position).abs().max_element() < 0.001)
+        });
+        if arrived {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(5),
+            "final positions did not arrive"
+        );
+    }
+    println!(
+        "200 entities, {frame} frames, final positions arrived {:?} after the last move",
+        settle.elapsed()
+    );
 }
