@@ -5,13 +5,15 @@
 //! An in-process signaling server on 127.0.0.1, no ICE servers: nothing leaves the
 //! machine.
 
+#[path = "support/raw_matchbox.rs"]
+mod raw_matchbox;
+
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::signaling::start_signaling_server;
 use bytes::Bytes;
-use matchbox_socket::{PeerState, RtcIceServerConfig, WebRtcSocket};
 
 const ROUND_TRIPS: usize = 100;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -19,68 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
-fn raw_matchbox(url: &str) -> Vec<Duration> {
-    let open = || {
-        let (socket, message_loop) = WebRtcSocket::builder(url)
-            .ice_server(RtcIceServerConfig {
-                urls: vec![],
-                username: None,
-                credential: None,
-            })
-            .add_reliable_channel()
-            .add_unreliable_channel()
-            .build();
-        std::thread::spawn(move || futures::executor::block_on(message_loop));
-        socket
-    };
-    let mut a = open();
-    let mut b = open();
-    let start = Instant::now();
-    let (mut a_peer, mut b_peer) = (None, None);
-    while a_peer.is_none() || b_peer.is_none() {
-        assert!(start.elapsed() < TIMEOUT, "raw sockets did not connect");
-        for (peer, state) in a.update_peers() {
-            if state == PeerState::Connected {
-                a_peer = Some(peer);
-            }
-        }
-        for (peer, state) in b.update_peers() {
-            if state == PeerState::Connected {
-                b_peer = Some(peer);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let (a_peer, b_peer) = (a_peer.unwrap(), b_peer.unwrap());
-    let mut samples = Vec::with_capacity(ROUND_TRIPS);
-    let mut nonce = 0u32;
-    while samples.len() < ROUND_TRIPS {
-        nonce += 1;
-        let sent = Instant::now();
-        a.channel_mut(1)
-            .send(Bytes::copy_from_slice(&nonce.to_le_bytes()), a_peer);
-        loop {
-            if sent.elapsed() > Duration::from_millis(500) {
-                break; // lost: try again with a new nonce
-            }
-            for (from, packet) in b.channel_mut(1).receive() {
-                b.channel_mut(1).send(packet, from);
-            }
-            if a.channel_mut(1)
-                .receive()
-                .iter()
-                .any(|(_, p)| p[..] == nonce.to_le_bytes())
-            {
-                samples.push(sent.elapsed());
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    }
-    let _ = b_peer;
-    samples
 }
 
 fn connected(app: &mut App) -> bool {
@@ -150,7 +90,7 @@ fn peer_sync(url: &str) -> Vec<Duration> {
 
 fn main() {
     let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
-    let mut raw = raw_matchbox(&server.room_url("raw"));
+    let mut raw = raw_matchbox::round_trips(&server.room_url("raw"), ROUND_TRIPS);
     let mut ours = peer_sync(&server.room_url("ours"));
     println!(
         "unreliable round trip, {ROUND_TRIPS} samples each (release, this machine, loopback via host candidates)"

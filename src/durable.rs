@@ -540,29 +540,30 @@ pub trait SyncAppExt {
     fn sync_transform(&mut self, encoding: crate::transform_codec::TransformEncoding) -> &mut Self;
 }
 
+/// Lists `T` among the types the document holds, under `name`.
+fn add_document_type<T: Component>(app: &mut App, name: String, read: ReadFn, remove: RemoveFn) {
+    let mut types = app.world_mut().get_resource_or_init::<DurableTypes>();
+    let index = types.0.len();
+    types.0.push(DurableType { name, read, remove });
+    app.insert_resource(DurableIndex::<T> {
+        index,
+        _type: std::marker::PhantomData,
+    });
+}
+
 impl SyncAppExt for App {
     fn sync_component<T>(&mut self, route: Route) -> &mut Self
     where
         T: Component<Mutability = Mutable> + Serialize + DeserializeOwned + Clone + PartialEq,
     {
         let name = std::any::type_name::<T>().to_owned();
-        self.world_mut()
-            .get_resource_or_init::<SyncRegistry>()
-            .register(name.clone(), route);
         match route {
             Route::Durable => {
-                let mut types = self.world_mut().get_resource_or_init::<DurableTypes>();
-                let index = types.0.len();
-                types.0.push(DurableType {
-                    name,
-                    read: read_component::<T>,
-                    remove: |entity| {
-                        entity.remove::<T>();
-                    },
-                });
-                self.insert_resource(DurableIndex::<T> {
-                    index,
-                    _type: std::marker::PhantomData,
+                self.world_mut()
+                    .get_resource_or_init::<SyncRegistry>()
+                    .register(name.clone(), route);
+                add_document_type::<T>(self, name, read_component::<T>, |entity| {
+                    entity.remove::<T>();
                 });
                 self.add_systems(
                     PostUpdate,
@@ -570,15 +571,12 @@ impl SyncAppExt for App {
                         .in_set(PeerSyncSystems::Collect)
                         .after(assign_net_ids)
                         .before(flush_staged),
-                );
+                )
             }
             Route::Transient => {
-                self.sync_transient_with::<T>(name, crate::transient::TransientCodec::serde());
-                // `register` already added the schema entry.
-                return self;
+                self.sync_transient_with::<T>(name, crate::transient::TransientCodec::serde())
             }
         }
-        self
     }
 
     fn sync_transient_with<T>(
@@ -589,28 +587,12 @@ impl SyncAppExt for App {
     where
         T: Component<Mutability = Mutable>,
     {
-        if self
-            .world()
-            .resource::<SyncRegistry>()
-            .index_of(&name)
-            .is_none()
-        {
-            self.world_mut()
-                .get_resource_or_init::<SyncRegistry>()
-                .register(name.clone(), Route::Transient);
-        }
-        // Committed values live in the document under the same name.
-        let mut types = self.world_mut().get_resource_or_init::<DurableTypes>();
-        let index = types.0.len();
-        types.0.push(DurableType {
-            name,
-            read: crate::transient::read_committed::<T>,
-            remove: |_| {},
-        });
-        self.insert_resource(DurableIndex::<T> {
-            index,
-            _type: std::marker::PhantomData,
-        });
+        self.world_mut()
+            .get_resource_or_init::<SyncRegistry>()
+            .register(name.clone(), Route::Transient);
+        // Committed values live in the document under the same name; a missing one
+        // removes nothing (the value may simply never have been committed).
+        add_document_type::<T>(self, name, crate::transient::read_committed::<T>, |_| {});
         crate::transient::register::<T>(self, codec);
         self
     }

@@ -15,6 +15,7 @@
 use bevy::prelude::*;
 
 use crate::transient::TransientCodec;
+use crate::wire::{read_varint, write_varint};
 
 /// How `Transform` travels.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -27,31 +28,6 @@ pub enum TransformEncoding {
         /// The translation step, in world units (e.g. 0.01 for 1 cm).
         position_precision: f32,
     },
-}
-
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 fn zigzag(v: i64) -> u64 {

@@ -40,7 +40,7 @@ use crate::peer::{LocalPeer, PeerId, PeerReplica, Peers, ReplicaId};
 use crate::session::{Inbox, Outbox, Recipients};
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
-use crate::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE};
+use crate::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE, read_varint, write_varint};
 
 /// Where remote transient values are applied (in `PreUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -319,37 +319,8 @@ fn stage_transient<T: Component>(
     kind.cursor = (kind.cursor + slice) % all.len();
 }
 
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
 /// Packs the staged entries into datagrams of at most [`SAFE_UNRELIABLE_SIZE`] bytes.
-pub(crate) fn pack(
-    tick: u32,
-    sender: ReplicaId,
-    mut entries: Vec<(u16, NetId, Vec<u8>)>,
-) -> Vec<Bytes> {
+pub fn pack(tick: u32, sender: ReplicaId, mut entries: Vec<(u16, NetId, Vec<u8>)>) -> Vec<Bytes> {
     entries.sort_by_key(|(t, id, _)| (*t, id.creator != sender, id.creator, id.counter));
     let budget = SAFE_UNRELIABLE_SIZE - HEADER_SIZE;
     let mut datagrams = Vec::new();
@@ -417,10 +388,10 @@ pub(crate) fn pack(
 }
 
 /// One decoded value: its type index, entity and encoded value.
-pub(crate) type Entry = (u16, NetId, Bytes);
+pub type Entry = (u16, NetId, Bytes);
 
 /// Decodes a datagram body into entries. `None` if it is malformed anywhere.
-pub(crate) fn unpack(body: &[u8], sender: ReplicaId, types: u16) -> Option<(u32, Vec<Entry>)> {
+pub fn unpack(body: &[u8], sender: ReplicaId, types: u16) -> Option<(u32, Vec<Entry>)> {
     let body_bytes = Bytes::copy_from_slice(body);
     let mut at = 0;
     let tick = u32::try_from(read_varint(body, &mut at)?).ok()?;

@@ -315,6 +315,34 @@ fn decode_frame(
     Ok(Frame::Message(message))
 }
 
+/// Appends `value` as an LEB128 varint (7 bits a byte, low first).
+pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads an LEB128 varint at `*at`, moving `*at` past it; `None` if it runs off the
+/// end or overflows 64 bits.
+pub fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Rebuilds fragmented reliable messages from one peer.
 ///
 /// The reliable channel is ordered, so an honest peer's fragments arrive as one

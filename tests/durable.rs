@@ -501,15 +501,7 @@ fn malformed_and_oversized_document_updates_are_refused_without_harm() {
             }
             // [doc id][y-sync: message type 0 (sync), step 2 / update][varint length][bytes]
             let mut body = vec![rng.random_range(0..3u8), 0, rng.random_range(0..3u8)];
-            let mut len = update.len();
-            loop {
-                let byte = (len & 0x7f) as u8;
-                len >>= 7;
-                body.push(if len > 0 { byte | 0x80 } else { byte });
-                if len == 0 {
-                    break;
-                }
-            }
+            wire::write_varint(&mut body, update.len() as u64);
             body.extend_from_slice(&update);
             if round % 7 == 0 {
                 body = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();

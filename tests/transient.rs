@@ -123,17 +123,7 @@ fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
 /// Builds a transient datagram naming entity `id` (created by `creator`) with a
 /// `Cursor` (transient type 0).
 fn forged(tick: u8, id: NetId, step: u32) -> Bytes {
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-    }
+    use bevy_peer_sync::wire::write_varint as varint;
     let mut body = vec![tick, 0, 1];
     varint(&mut body, (id.counter << 1) | 1);
     varint(&mut body, id.creator.0);
