@@ -19,7 +19,9 @@ use bevy_peer_sync::durable::NetEntities;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::signaling::start_signaling_server;
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transform_codec::{encode_lossless, encode_quantized};
+use bevy_peer_sync::transform_codec::{
+    encode_lossless, encode_quantized, measure_lossless, measure_quantized,
+};
 use bevy_peer_sync::transient::pack;
 use bevy_peer_sync::wire::HEADER_SIZE;
 use serde::{Deserialize, Serialize};
@@ -39,7 +41,7 @@ fn transforms() -> Vec<Transform> {
         .collect()
 }
 
-fn wire_bytes(values: Vec<Vec<u8>>) -> usize {
+fn wire_bytes(values: Vec<Vec<u8>>, measure: bevy_peer_sync::transient::Measure) -> usize {
     let me = ReplicaId(12345);
     let entries = values
         .into_iter()
@@ -55,7 +57,7 @@ fn wire_bytes(values: Vec<Vec<u8>>) -> usize {
             )
         })
         .collect();
-    pack(1_000_000, me, entries)
+    pack(1_000_000, me, entries, &[Some(measure)])
         .iter()
         .map(|d| d.len() + HEADER_SIZE)
         .sum()
@@ -81,6 +83,7 @@ fn bytes_per_update() {
                 out
             })
             .collect(),
+        measure_lossless,
     );
     let quantized = wire_bytes(
         transforms
@@ -91,6 +94,7 @@ fn bytes_per_update() {
                 out
             })
             .collect(),
+        measure_quantized,
     );
     println!("bytes per 3D Transform update, {ENTITIES} moving entities in one send tick");
     println!("{:<48} {:>8.2}", "raw payload (10 x f32, no ids)", 40.0);

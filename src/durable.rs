@@ -184,7 +184,7 @@ pub struct ClaimOwnership {
 /// Maps network ids to local entities.
 #[derive(Resource, Debug, Default)]
 pub struct NetEntities {
-    map: HashMap<NetId, Entity>,
+    map: bevy::platform::collections::HashMap<NetId, Entity>,
     next_counter: u64,
 }
 

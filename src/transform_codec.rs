@@ -201,6 +201,24 @@ pub fn decode_quantized(bytes: &[u8], precision: f32) -> Option<Transform> {
     })
 }
 
+/// The length of the lossless transform at the start of `bytes`.
+pub fn measure_lossless(bytes: &[u8]) -> Option<usize> {
+    let flags = *bytes.first()?;
+    let len =
+        1 + 12 + 16 * usize::from(flags & ROTATION != 0) + 12 * usize::from(flags & SCALE != 0);
+    (len <= bytes.len()).then_some(len)
+}
+
+/// The length of the quantized transform at the start of `bytes`.
+pub fn measure_quantized(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let first = read_varint(bytes, &mut at)?;
+    read_varint(bytes, &mut at)?;
+    read_varint(bytes, &mut at)?;
+    let len = at + 4 + if first & 1 == 1 { 12 } else { 0 };
+    (len <= bytes.len()).then_some(len)
+}
+
 /// The transient codec for an encoding.
 pub(crate) fn codec(encoding: TransformEncoding) -> TransientCodec<Transform> {
     match encoding {
@@ -208,11 +226,13 @@ pub(crate) fn codec(encoding: TransformEncoding) -> TransientCodec<Transform> {
             encode: |t, _, out| encode_lossless(t, out),
             decode: |bytes, _| decode_lossless(bytes),
             param: 0.0,
+            measure: Some(measure_lossless),
         },
         TransformEncoding::Quantized { position_precision } => TransientCodec {
             encode: encode_quantized,
             decode: |bytes, precision| decode_quantized(bytes, precision),
             param: position_precision,
+            measure: Some(measure_quantized),
         },
     }
 }
@@ -236,6 +256,7 @@ mod tests {
         t.scale = Vec3::new(1.0, 2.0, 3.0);
         encode_lossless(&t, &mut bytes);
         assert_eq!(decode_lossless(&bytes), Some(t));
+        assert_eq!(measure_lossless(&bytes), Some(bytes.len()));
         assert_eq!(bytes.len(), 1 + 12 + 16 + 12);
     }
 
@@ -245,6 +266,10 @@ mod tests {
         let t = sample();
         encode_quantized(&t, 0.01, &mut bytes);
         assert!(bytes.len() <= 10, "{} bytes", bytes.len());
+        assert_eq!(
+            measure_quantized(&[bytes.clone(), vec![9, 9]].concat()),
+            Some(bytes.len())
+        );
         let back = decode_quantized(&bytes, 0.01).unwrap();
         assert!((back.translation - t.translation).abs().max_element() <= 0.005 + 1e-4);
         assert!(back.rotation.angle_between(t.rotation).to_degrees() < 0.2);

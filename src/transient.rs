@@ -26,7 +26,9 @@
 //! ```
 //! Entities are sorted by counter within a type, so most ids cost one byte.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use bevy::platform::collections::HashMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -93,6 +95,9 @@ pub struct TransientCodec<T> {
     pub decode: fn(&[u8], f32) -> Option<T>,
     /// A setting both functions receive (e.g. a quantization step).
     pub param: f32,
+    /// For values that delimit themselves: how long the one at the start of a slice
+    /// is. They then travel without a length prefix.
+    pub measure: Option<Measure>,
 }
 
 impl<T> Clone for TransientCodec<T> {
@@ -117,6 +122,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> TransientCodec<T> {
             },
             decode: |bytes, _| crate::wire::codec::decode(bytes).ok(),
             param: 0.0,
+            measure: None,
         }
     }
 }
@@ -171,8 +177,8 @@ pub(crate) struct TransientState {
     last_tick: HashMap<PeerId, u32>,
     /// Entries staged for this send tick: (type index, id, value bytes).
     outgoing: Vec<(u16, NetId, Vec<u8>)>,
-    /// How many transient types are registered.
-    types: u16,
+    /// Per registered type (by index): how its values are delimited.
+    measures: Vec<Option<Measure>>,
 }
 
 pub(crate) struct Incoming {
@@ -183,11 +189,11 @@ pub(crate) struct Incoming {
     bytes: Bytes,
 }
 
-/// How many transient types are registered (for wire indices).
-pub(crate) fn next_type_index(world: &mut World) -> u16 {
+/// Gives the next transient type its wire index.
+fn next_type_index(world: &mut World, measure: Option<Measure>) -> u16 {
     let mut state = world.get_resource_or_init::<TransientState>();
-    state.types += 1;
-    state.types - 1
+    state.measures.push(measure);
+    u16::try_from(state.measures.len() - 1).expect("fewer than 65,536 transient types")
 }
 
 /// Adds the route's shared systems. Part of [`crate::PeerSyncPlugin`].
@@ -214,7 +220,7 @@ pub(crate) fn register<T>(app: &mut App, codec: TransientCodec<T>)
 where
     T: Component<Mutability = Mutable>,
 {
-    let index = next_type_index(app.world_mut());
+    let index = next_type_index(app.world_mut(), codec.measure);
     app.insert_resource(TransientType::<T>::new(index, codec))
         .add_systems(
             PostUpdate,
@@ -319,49 +325,65 @@ fn stage_transient<T: Component>(
     kind.cursor = (kind.cursor + slice) % all.len();
 }
 
-/// Packs the staged entries into datagrams of at most [`SAFE_UNRELIABLE_SIZE`] bytes.
-pub fn pack(tick: u32, sender: ReplicaId, mut entries: Vec<(u16, NetId, Vec<u8>)>) -> Vec<Bytes> {
+/// Finds the length of the encoded value at the start of a slice, for codecs whose
+/// values delimit themselves (they then travel without a length prefix).
+pub type Measure = fn(&[u8]) -> Option<usize>;
+
+/// Packs entries `(type index, entity, encoded value)` into datagram bodies of at most
+/// [`SAFE_UNRELIABLE_SIZE`] bytes with their header. `measures[type]` says whether that
+/// type's values delimit themselves.
+pub fn pack(
+    tick: u32,
+    sender: ReplicaId,
+    mut entries: Vec<(u16, NetId, Vec<u8>)>,
+    measures: &[Option<Measure>],
+) -> Vec<Bytes> {
     entries.sort_by_key(|(t, id, _)| (*t, id.creator != sender, id.creator, id.counter));
     let budget = SAFE_UNRELIABLE_SIZE - HEADER_SIZE;
+    let group_header_room = 6;
     let mut datagrams = Vec::new();
+    let mut group = Vec::with_capacity(budget);
     let mut i = 0;
     while i < entries.len() {
         let mut body = Vec::with_capacity(budget);
         write_varint(&mut body, u64::from(tick));
         while i < entries.len() {
             let type_index = entries[i].0;
-            // Count how many entries of this type fit.
-            let mut group = Vec::new();
+            let prefixed = measures
+                .get(usize::from(type_index))
+                .is_none_or(Option::is_none);
+            group.clear();
+            let mut count = 0u64;
             let mut previous = 0u64;
             let mut j = i;
-            let header_room = 6;
-            let mut size = body.len() + header_room;
             while j < entries.len() && entries[j].0 == type_index {
                 let (_, id, value) = &entries[j];
-                let mut entry = Vec::with_capacity(value.len() + 12);
+                let mark = group.len();
                 let foreign = id.creator != sender;
                 let delta = if foreign {
                     id.counter
                 } else {
                     id.counter.wrapping_sub(previous)
                 };
-                write_varint(&mut entry, (delta << 1) | u64::from(foreign));
+                write_varint(&mut group, (delta << 1) | u64::from(foreign));
                 if foreign {
-                    write_varint(&mut entry, id.creator.0);
+                    write_varint(&mut group, id.creator.0);
                 }
-                write_varint(&mut entry, value.len() as u64);
-                entry.extend_from_slice(value);
-                if size + entry.len() > budget {
+                if prefixed {
+                    write_varint(&mut group, value.len() as u64);
+                }
+                group.extend_from_slice(value);
+                if body.len() + group_header_room + group.len() > budget {
+                    group.truncate(mark);
                     break;
                 }
                 if !foreign {
                     previous = id.counter;
                 }
-                size += entry.len();
-                group.push(entry);
+                count += 1;
                 j += 1;
             }
-            if group.is_empty() {
+            if count == 0 {
                 if body.len() > 5 {
                     break; // start a new datagram
                 }
@@ -373,10 +395,8 @@ pub fn pack(tick: u32, sender: ReplicaId, mut entries: Vec<(u16, NetId, Vec<u8>)
                 continue;
             }
             write_varint(&mut body, u64::from(type_index));
-            write_varint(&mut body, group.len() as u64);
-            for entry in group {
-                body.extend_from_slice(&entry);
-            }
+            write_varint(&mut body, count);
+            body.extend_from_slice(&group);
             i = j;
             if j < entries.len() && entries[j].0 == type_index {
                 break; // this type continues in the next datagram
@@ -391,16 +411,18 @@ pub fn pack(tick: u32, sender: ReplicaId, mut entries: Vec<(u16, NetId, Vec<u8>)
 pub type Entry = (u16, NetId, Bytes);
 
 /// Decodes a datagram body into entries. `None` if it is malformed anywhere.
-pub fn unpack(body: &[u8], sender: ReplicaId, types: u16) -> Option<(u32, Vec<Entry>)> {
-    let body_bytes = Bytes::copy_from_slice(body);
+/// `measures` has one element per registered type (see [`pack`]).
+pub fn unpack(
+    body: &Bytes,
+    sender: ReplicaId,
+    measures: &[Option<Measure>],
+) -> Option<(u32, Vec<Entry>)> {
     let mut at = 0;
     let tick = u32::try_from(read_varint(body, &mut at)?).ok()?;
     let mut entries = Vec::new();
     while at < body.len() {
         let type_index = u16::try_from(read_varint(body, &mut at)?).ok()?;
-        if type_index >= types {
-            return None;
-        }
+        let measure = *measures.get(usize::from(type_index))?;
         let count = read_varint(body, &mut at)?;
         if count as usize > body.len() {
             return None;
@@ -421,9 +443,12 @@ pub fn unpack(body: &[u8], sender: ReplicaId, types: u16) -> Option<(u32, Vec<En
                     counter: previous,
                 }
             };
-            let len = read_varint(body, &mut at)? as usize;
+            let len = match measure {
+                Some(measure) => measure(body.get(at..)?)?,
+                None => read_varint(body, &mut at)? as usize,
+            };
             let end = at.checked_add(len).filter(|end| *end <= body.len())?;
-            entries.push((type_index, id, body_bytes.slice(at..end)));
+            entries.push((type_index, id, body.slice(at..end)));
             at = end;
         }
     }
@@ -440,7 +465,7 @@ fn pack_transient(
         return;
     }
     let entries = std::mem::take(&mut state.outgoing);
-    for datagram in pack(state.tick, local.replica(), entries) {
+    for datagram in pack(state.tick, local.replica(), entries, &state.measures) {
         outbox.push(
             Recipients::All,
             Channel::Unreliable,
@@ -458,7 +483,7 @@ fn decode_transient(
     mut senders: Query<(&PeerReplica, &mut PeerStats)>,
 ) {
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
-    let types = state.types;
+    let measures = std::mem::take(&mut state.measures);
     for (from, body) in std::mem::take(&mut inbox.transient) {
         let Some((replica, mut stats)) = peers.entity(from).and_then(|e| senders.get_mut(e).ok())
         else {
@@ -470,7 +495,7 @@ fn decode_transient(
             stats.count_drop(DropReason::OverBudget);
             continue;
         }
-        let Some((tick, entries)) = unpack(&body, replica.0, types) else {
+        let Some((tick, entries)) = unpack(&body, replica.0, &measures) else {
             debug!("dropped a malformed transient datagram from peer `{from}`");
             stats.count_drop(DropReason::Malformed);
             continue;
@@ -499,6 +524,7 @@ fn decode_transient(
                 bytes,
             }));
     }
+    state.measures = measures;
 }
 
 /// Applies this frame's values of `T`, checking order and ownership.
@@ -648,7 +674,7 @@ mod tests {
             entries.push((0u16, id(7, n), vec![n as u8; 10]));
         }
         entries.push((1u16, id(9, 3), vec![1, 2, 3]));
-        let datagrams = pack(42, me, entries.clone());
+        let datagrams = pack(42, me, entries.clone(), &[None, None]);
         assert!(datagrams.len() > 1);
         let mut back = Vec::new();
         for d in &datagrams {
@@ -657,7 +683,7 @@ mod tests {
                 "{} bytes",
                 d.len()
             );
-            let (tick, decoded) = unpack(d, me, 2).unwrap();
+            let (tick, decoded) = unpack(d, me, &[None, None]).unwrap();
             assert_eq!(tick, 42);
             back.extend(decoded.into_iter().map(|(t, i, b)| (t, i, b.to_vec())));
         }
@@ -671,15 +697,12 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_refused() {
-        assert!(unpack(&[], ReplicaId(1), 1).is_none());
-        assert!(
-            unpack(&[1, 5, 1], ReplicaId(1), 1).is_none(),
-            "unknown type"
-        );
-        assert!(
-            unpack(&[1, 0, 1, 2, 9], ReplicaId(1), 1).is_none(),
-            "length past the end"
-        );
+        let one: &[Option<Measure>] = &[None];
+        assert!(unpack(&Bytes::new(), ReplicaId(1), one).is_none());
+        let unknown_type = Bytes::from_static(&[1, 5, 1]);
+        assert!(unpack(&unknown_type, ReplicaId(1), one).is_none());
+        let past_the_end = Bytes::from_static(&[1, 0, 1, 2, 9]);
+        assert!(unpack(&past_the_end, ReplicaId(1), one).is_none());
         let mut state = 99u32;
         for len in 0..200 {
             let bytes: Vec<u8> = (0..len)
@@ -688,7 +711,12 @@ mod tests {
                     (state >> 24) as u8
                 })
                 .collect();
-            let _ = unpack(&bytes, ReplicaId(1), 3);
+            let fixed: Measure = |b| (b.len() >= 3).then_some(3);
+            let _ = unpack(
+                &Bytes::from(bytes),
+                ReplicaId(1),
+                &[None, Some(fixed), None],
+            );
         }
     }
 }
