@@ -122,9 +122,11 @@ fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
 
 /// Builds a transient datagram naming entity `id` (created by `creator`) with a
 /// `Cursor` (transient type 0).
-fn forged(tick: u8, id: NetId, step: u32) -> Bytes {
+fn forged(tick: u64, id: NetId, step: u32) -> Bytes {
     use bevy_peer_sync::wire::write_varint as varint;
-    let mut body = vec![tick, 0, 1];
+    let mut body = Vec::new();
+    varint(&mut body, tick);
+    body.extend([0, 1]);
     varint(&mut body, (id.counter << 1) | 1);
     varint(&mut body, id.creator.0);
     let mut value = Vec::new();
@@ -152,7 +154,7 @@ fn forged_values_from_a_non_owner_change_nothing() {
 
     // Peer 1 claims to move peer 0's cursor, straight onto peer 2's transport.
     let from = room.peer_id(1).unwrap();
-    for tick in 100..110u8 {
+    for tick in 100..110 {
         room.app_mut(2)
             .world_mut()
             .resource_mut::<TransportIo>()
@@ -179,6 +181,43 @@ fn forged_values_from_a_non_owner_change_nothing() {
 }
 
 #[test]
+fn an_absurd_tick_jump_is_refused() {
+    let mut room = TestRoom::new(37);
+    for _ in 0..2 {
+        room.add_peer(setup);
+    }
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(0)
+        .world_mut()
+        .spawn((Replicated, Cursor { step: 5 }))
+        .id();
+    room.step_n(10);
+    let id = *room.app(0).world().get::<NetId>(entity).unwrap();
+    // The owner's own id, but a tick a year ahead of its clock.
+    let from = room.peer_id(0).unwrap();
+    room.app_mut(1)
+        .world_mut()
+        .resource_mut::<TransportIo>()
+        .insert_received(Packet {
+            peer: from,
+            channel: Channel::Unreliable,
+            bytes: forged(60 * 60 * 24 * 365 * 60, id, 77),
+        });
+    room.step();
+    assert_eq!(cursor_of(&mut room, 1, id), Some(Cursor { step: 5 }));
+    assert!(drops(&mut room, 1, DropReason::Stale) >= 1);
+    // Real values keep flowing afterwards.
+    room.app_mut(0)
+        .world_mut()
+        .get_mut::<Cursor>(entity)
+        .unwrap()
+        .step = 6;
+    room.step_n(3);
+    assert_eq!(cursor_of(&mut room, 1, id), Some(Cursor { step: 6 }));
+}
+
+#[test]
 fn a_flood_from_one_peer_is_cut_at_its_budget() {
     let mut room = TestRoom::new(33);
     for _ in 0..2 {
@@ -196,7 +235,7 @@ fn a_flood_from_one_peer_is_cut_at_its_budget() {
             io.insert_received(Packet {
                 peer: from,
                 channel: Channel::Unreliable,
-                bytes: forged(tick % 100, id, 1),
+                bytes: forged(u64::from(tick % 100), id, 1),
             });
         }
     }
