@@ -1213,19 +1213,34 @@ fn materialise(
         .iter()
         .map(|t| (t.read, t.remove))
         .collect();
-    for want in wanted {
-        let existing = world.resource::<NetEntities>().entity(want.id);
-        let entity = match existing.filter(|e| world.get_entity(*e).is_ok()) {
-            Some(entity) => entity,
-            None => {
-                let entity = world.spawn((Replicated, want.id, Owner(want.owner))).id();
-                world
-                    .resource_mut::<NetEntities>()
-                    .map
-                    .insert(want.id, entity);
-                entity
+    // Spawn the entities this peer has not seen yet in one batch.
+    let mut targets: Vec<Option<Entity>> = {
+        let net = world.resource::<NetEntities>();
+        wanted
+            .iter()
+            .map(|w| net.entity(w.id).filter(|e| world.get_entity(*e).is_ok()))
+            .collect()
+    };
+    let fresh: Vec<(Replicated, NetId, Owner)> = wanted
+        .iter()
+        .zip(&targets)
+        .filter(|(_, target)| target.is_none())
+        .map(|(w, _)| (Replicated, w.id, Owner(w.owner)))
+        .collect();
+    if !fresh.is_empty() {
+        let spawned: Vec<Entity> = world.spawn_batch(fresh).collect();
+        let mut spawned = spawned.into_iter();
+        let mut net = world.resource_mut::<NetEntities>();
+        for (want, target) in wanted.iter().zip(targets.iter_mut()) {
+            if target.is_none() {
+                let entity = spawned.next().expect("one spawned entity per fresh one");
+                net.map.insert(want.id, entity);
+                *target = Some(entity);
             }
-        };
+        }
+    }
+    for (want, entity) in wanted.into_iter().zip(targets) {
+        let entity = entity.expect("every wanted entity exists now");
         if !want.requests.is_empty() {
             let mut pending = world.resource_mut::<PendingRequests>();
             pending.0.extend(want.requests.iter().map(|r| (entity, *r)));

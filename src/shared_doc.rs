@@ -117,14 +117,18 @@ impl SyncedDoc {
     pub fn new(doc: Doc) -> Self {
         let local_updates = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&local_updates);
-        doc.observe_update_v1("bevy_peer_sync", move |txn, event| {
+        // Encode only local transactions: `observe_update_v1` would encode every
+        // transaction, remote catch-ups of the whole document included, and then we
+        // would throw those away.
+        doc.observe_transaction_cleanup("bevy_peer_sync", move |txn, _| {
             let remote = txn
                 .origin()
                 .is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
-            if !remote {
+            let changed = !txn.delete_set().is_empty() || txn.after_state() != txn.before_state();
+            if !remote && changed {
                 sink.lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(event.update.clone());
+                    .push(txn.encode_update_v1());
             }
         })
         .expect("a new document has no transaction open");
