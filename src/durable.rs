@@ -69,6 +69,8 @@ use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
 
 const ENTITIES: &str = "entities";
+/// Live updates from one peer that may wait for their ownership at once.
+const MAX_HELD_PER_PEER: usize = 256;
 const OWNER: &str = "owner";
 const OWNERS: &str = "owners";
 const REQUESTS: &str = "requests";
@@ -980,6 +982,13 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
         for (from, update, bytes, live) in queued {
             if !live {
                 catch_up.push(update);
+                continue;
+            }
+            // A peer may have at most `MAX_HELD_PER_PEER` updates waiting; past that
+            // (a flood of writes it may not make) the rest are refused at once.
+            if doc.held.iter().filter(|h| h.from == from).count() >= MAX_HELD_PER_PEER {
+                doc.refused += 1;
+                refused_from.push(from);
                 continue;
             }
             doc.held.push_back(HeldUpdate {
