@@ -59,6 +59,44 @@
 //! assert_eq!(received[0].payload, Bytes::from_static(b"hello"));
 //! ```
 //!
+//! ## Syncing components
+//!
+//! Register each type once, with its route, in the same order on every build:
+//!
+//! ```
+//! use bevy::prelude::*;
+//! use bevy_peer_sync::prelude::*;
+//! use bevy_peer_sync::testing::TestRoom;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+//! struct Score(u32);
+//!
+//! fn setup(app: &mut App) {
+//!     app.sync_component::<Score>(Route::Durable)
+//!         .sync_transform(TransformEncoding::Quantized { position_precision: 0.01 });
+//! }
+//!
+//! let mut room = TestRoom::new(7);
+//! let a = room.add_peer(setup);
+//! let b = room.add_peer(setup);
+//! room.step_n(3);
+//!
+//! // Peer a spawns a replicated entity: it owns it, everyone sees it.
+//! let entity = room
+//!     .app_mut(a)
+//!     .world_mut()
+//!     .spawn((Replicated, Score(1), Transform::from_xyz(1.0, 2.0, 0.0)))
+//!     .id();
+//! room.step_n(10);
+//!
+//! let world = room.app_mut(b).world_mut();
+//! let (score, transform) = world.query::<(&Score, &Transform)>().single(world).unwrap();
+//! assert_eq!(*score, Score(1));
+//! assert!((transform.translation.x - 1.0).abs() < 0.01);
+//! # let _ = entity;
+//! ```
+//!
 //! ## Layout
 //!
 //! | module | what |
