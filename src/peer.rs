@@ -50,7 +50,7 @@ impl fmt::Display for ReplicaId {
 impl ReplicaId {
     /// A fresh random id. yrs client ids are 53-bit (JavaScript-safe), and so is this.
     pub fn random() -> Self {
-        Self(rand::random::<u64>() & ((1 << 53) - 1) | 1)
+        Self(yrs::block::ClientID::random().get())
     }
 
     /// Parses the [`Display`](fmt::Display) form.
