@@ -59,31 +59,17 @@ pub fn encode_lossless(transform: &Transform, out: &mut Vec<u8>) {
     let rotation = transform.rotation != Quat::IDENTITY;
     let scale = transform.scale != Vec3::ONE;
     out.push((u8::from(rotation) * ROTATION) | (u8::from(scale) * SCALE));
-    out.extend(
-        transform
-            .translation
-            .to_array()
-            .iter()
-            .flat_map(|v| v.to_le_bytes()),
-    );
+    put_f32s(out, &transform.translation.to_array());
     if rotation {
-        out.extend(
-            transform
-                .rotation
-                .to_array()
-                .iter()
-                .flat_map(|v| v.to_le_bytes()),
-        );
+        put_f32s(out, &transform.rotation.to_array());
     }
     if scale {
-        out.extend(
-            transform
-                .scale
-                .to_array()
-                .iter()
-                .flat_map(|v| v.to_le_bytes()),
-        );
+        put_f32s(out, &transform.scale.to_array());
     }
+}
+
+fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
 }
 
 /// Decodes a lossless transform; `None` if malformed or not finite.
@@ -168,13 +154,7 @@ pub fn encode_quantized(transform: &Transform, precision: f32, out: &mut Vec<u8>
     write_varint(out, zigzag(q(t.z)));
     out.extend_from_slice(&pack_rotation(transform.rotation).to_le_bytes());
     if scale {
-        out.extend(
-            transform
-                .scale
-                .to_array()
-                .iter()
-                .flat_map(|v| v.to_le_bytes()),
-        );
+        put_f32s(out, &transform.scale.to_array());
     }
 }
 

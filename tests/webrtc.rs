@@ -2,22 +2,16 @@
 //! this process with no ICE servers, handshake and round trips on both channels.
 //! Nothing leaves this machine.
 
+#[path = "support/webrtc.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_peer_sync::durable::NetId;
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::signaling::start_signaling_server;
 use bytes::Bytes;
-
-fn connected(app: &mut App) -> usize {
-    let world = app.world_mut();
-    world
-        .query::<&PeerLink>()
-        .iter(world)
-        .filter(|l| **l == PeerLink::Connected)
-        .count()
-}
+use support::{connected, update_all, webrtc_room};
 
 fn drain(app: &mut App) -> Vec<PayloadReceived> {
     app.world_mut()
@@ -26,35 +20,9 @@ fn drain(app: &mut App) -> Vec<PayloadReceived> {
         .collect()
 }
 
-fn update_all(apps: &mut [App]) {
-    for app in apps.iter_mut() {
-        app.update();
-    }
-    std::thread::sleep(Duration::from_millis(1));
-}
-
 #[test]
 fn three_peers_handshake_and_round_trip_over_webrtc() {
-    let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
-    let url = server.room_url("webrtc_test");
-    let mut apps: Vec<App> = (0..3)
-        .map(|_| {
-            let mut app = App::new();
-            app.add_plugins(MinimalPlugins)
-                .add_plugins(PeerSyncPlugin::new(url.clone()));
-            app
-        })
-        .collect();
-
-    let start = Instant::now();
-    while !apps.iter_mut().all(|app| connected(app) == 2) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "peers did not connect in 30 s"
-        );
-        update_all(&mut apps);
-    }
-    let handshake = start.elapsed();
+    let (server, mut apps, handshake) = webrtc_room("webrtc_test", 3, |_| {});
     println!("3-peer mesh connected and handshaken in {handshake:?}");
 
     // Round trip on each channel: peer 0 sends, every other peer echoes.
@@ -114,28 +82,12 @@ struct Tag(u32);
 fn two_hundred_moving_entities_arrive_over_webrtc() {
     use bevy_peer_sync::durable::NetEntities;
 
-    let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
-    let url = server.room_url("transient_test");
-    let mut apps: Vec<App> = (0..2)
-        .map(|_| {
-            let mut app = App::new();
-            app.add_plugins(MinimalPlugins)
-                .add_plugins(PeerSyncPlugin::new(url.clone()))
-                .sync_component::<Tag>(Route::Durable)
-                .sync_transform(TransformEncoding::Quantized {
-                    position_precision: 0.001,
-                });
-            app
-        })
-        .collect();
-    let start = Instant::now();
-    while !apps.iter_mut().all(|app| connected(app) == 1) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "peers did not connect"
-        );
-        update_all(&mut apps);
-    }
+    let (_server, mut apps, _) = webrtc_room("transient_test", 2, |app| {
+        app.sync_component::<Tag>(Route::Durable)
+            .sync_transform(TransformEncoding::Quantized {
+                position_precision: 0.001,
+            });
+    });
     let entities: Vec<Entity> = (0..200)
         .map(|n| {
             apps[0]

@@ -10,14 +10,17 @@
 //! `PEER_SYNC_LOSS_TEST=1 cargo test --test webrtc_loss` as root with `nft` installed
 //! (`.ci/run` does this after the main suite). Signaling is TCP and unaffected.
 
+#[path = "support/webrtc.rs"]
+mod support;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_peer_sync::durable::NetEntities;
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::signaling::start_signaling_server;
 use serde::{Deserialize, Serialize};
+use support::{connected, webrtc_room};
 
 #[derive(Component, Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
 struct Counter(u32);
@@ -52,41 +55,15 @@ impl Drop for UdpLoss {
     }
 }
 
-fn connected(app: &mut App) -> usize {
-    let world = app.world_mut();
-    world
-        .query::<&PeerLink>()
-        .iter(world)
-        .filter(|l| **l == PeerLink::Connected)
-        .count()
-}
-
 #[test]
 fn unreliable_channel_survives_ten_percent_loss() {
     if std::env::var("PEER_SYNC_LOSS_TEST").as_deref() != Ok("1") {
         eprintln!("skipped: set PEER_SYNC_LOSS_TEST=1 (needs root and nft) to run");
         return;
     }
-    let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
-    let url = server.room_url("loss_test");
-    let mut apps: Vec<App> = (0..2)
-        .map(|_| {
-            let mut app = App::new();
-            app.add_plugins(MinimalPlugins)
-                .add_plugins(PeerSyncPlugin::new(url.clone()))
-                .sync_component::<Counter>(Route::Transient);
-            app
-        })
-        .collect();
-    let start = Instant::now();
-    while !apps.iter_mut().all(|app| connected(app) == 1) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "peers did not connect"
-        );
-        apps.iter_mut().for_each(App::update);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (_server, mut apps, _) = webrtc_room("loss_test", 2, |app| {
+        app.sync_component::<Counter>(Route::Transient);
+    });
     let entity = apps[0].world_mut().spawn((Replicated, Counter(0))).id();
     let mut id = None;
     while id.is_none_or(|id| {
