@@ -578,6 +578,10 @@ impl SyncAppExt for App {
             Route::Transient => {
                 self.sync_transient_with::<T>(name, crate::transient::TransientCodec::serde())
             }
+            Route::Presence => {
+                crate::presence::register::<T>(self);
+                self
+            }
         }
     }
 

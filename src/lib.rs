@@ -115,9 +115,11 @@
 
 #![warn(missing_docs)]
 
+pub mod connection;
 pub mod durable;
 pub mod error;
 pub mod peer;
+pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod shared_doc;
@@ -147,6 +149,7 @@ use crate::wire::WireLimits;
 pub mod prelude {
     pub use crate::PeerSyncPlugin;
     pub use crate::PeerSyncSystems;
+    pub use crate::connection::{Connection, ConnectionState, ConnectionStateChanged};
     pub use crate::durable::{
         ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,
         TransferOwnership,
@@ -155,6 +158,7 @@ pub mod prelude {
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
         ReplicaId,
     };
+    pub use crate::presence::{Away, LocalPresence, PeerCursor, PeerPresence, PresenceConfig};
     pub use crate::registry::Route;
     pub use crate::session::{PayloadReceived, Recipients, SendPayload};
     pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
@@ -248,6 +252,15 @@ impl PeerSyncPlugin {
         self.set_ice(IceServers::None)
     }
 
+    /// How to retry when the room is lost (WebRTC only; the default retries for ever
+    /// with backoff from 250 ms to 8 s).
+    pub fn with_reconnect(mut self, policy: connection::ReconnectPolicy) -> Self {
+        if let TransportChoice::Matchbox(config) = &mut self.transport {
+            config.reconnect = policy;
+        }
+        self
+    }
+
     /// Limits on what peers may send.
     pub fn with_limits(mut self, limits: WireLimits) -> Self {
         self.session.limits = limits;
@@ -309,7 +322,11 @@ impl Plugin for PeerSyncPlugin {
             )
             .add_systems(
                 PreUpdate,
-                (session::handle_link_events, session::receive_packets)
+                (
+                    connection::track_connection,
+                    session::handle_link_events,
+                    session::receive_packets,
+                )
                     .chain()
                     .in_set(PeerSyncSystems::Receive),
             )
@@ -334,9 +351,11 @@ impl Plugin for PeerSyncPlugin {
                 app.init_resource::<transport::TransportIo>();
             }
         }
+        connection::plugin(app);
         shared_doc::plugin(app);
         durable::plugin(app);
         durable::presence_hooks(app);
         transient::plugin(app);
+        presence::plugin(app);
     }
 }

@@ -15,6 +15,10 @@ pub enum Route {
     /// Sent by the owner on the unreliable channel, latest wins: for positions, cursors
     /// and anything that changes every frame.
     Transient,
+    /// Part of a peer's presence: published from
+    /// [`LocalPresence`](crate::presence::LocalPresence), shown on that peer's entity
+    /// everywhere else (see [`presence`](crate::presence)).
+    Presence,
 }
 
 impl fmt::Display for Route {
@@ -22,6 +26,7 @@ impl fmt::Display for Route {
         f.write_str(match self {
             Route::Durable => "durable",
             Route::Transient => "transient",
+            Route::Presence => "presence",
         })
     }
 }

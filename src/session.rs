@@ -145,7 +145,10 @@ pub(crate) fn handle_link_events(
         local.set(id);
     }
     let mut events: Vec<LinkEvent> = io.drain_link_events().collect();
-    if matches!(io.status(), BackendStatus::Closed(_)) {
+    if matches!(
+        io.status(),
+        BackendStatus::Closed(_) | BackendStatus::Reconnecting { .. }
+    ) {
         // The backend is gone: so is every link it carried.
         events.extend(peers.ids().map(LinkEvent::Disconnected));
     }

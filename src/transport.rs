@@ -83,7 +83,14 @@ pub enum BackendStatus {
     Opening,
     /// In the room, with a local id.
     Open,
-    /// Closed, with the reason.
+    /// Lost the room (or never reached it) and retrying.
+    Reconnecting {
+        /// Which retry comes next (1 for the first).
+        attempt: u32,
+        /// Why the room was lost.
+        reason: String,
+    },
+    /// Closed for good, with the reason.
     Closed(String),
 }
 

@@ -16,6 +16,7 @@ use bevy::prelude::*;
 use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
+use crate::connection::ReconnectPolicy;
 use crate::error::PeerSyncError;
 use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
 
@@ -41,8 +42,11 @@ pub struct MatchboxConfig {
     pub room_url: String,
     /// The ICE server choice.
     pub ice_servers: IceServers,
-    /// How many times the socket retries the signaling server before giving up.
+    /// How many times one socket tries to reach the signaling server before it
+    /// gives up (and [`MatchboxConfig::reconnect`] takes over with a new socket).
     pub reconnect_attempts: Option<u16>,
+    /// How the room is retried once the socket is lost.
+    pub reconnect: ReconnectPolicy,
 }
 
 impl MatchboxConfig {
@@ -51,7 +55,8 @@ impl MatchboxConfig {
         Self {
             room_url: room_url.into(),
             ice_servers: IceServers::Unchosen,
-            reconnect_attempts: Some(3),
+            reconnect_attempts: Some(2),
+            reconnect: ReconnectPolicy::default(),
         }
     }
 
@@ -131,19 +136,38 @@ pub struct MatchboxTransportPlugin {
     pub config: MatchboxConfig,
 }
 
+/// The socket to open, now or after a backoff.
 #[derive(Resource, Debug)]
-struct PendingSocket(MatchboxConfig);
+struct SocketPlan {
+    config: MatchboxConfig,
+    /// When (real time) to open the next socket; `None` while one is open.
+    open_at: Option<Duration>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// Jitter source (a tiny xorshift; no need for a real RNG here).
+    jitter: u64,
+}
 
 /// The open socket.
 #[derive(Resource, Debug)]
 pub struct MatchboxTransport {
     socket: MatchboxSocket,
+    opened: bool,
 }
 
 impl Plugin for MatchboxTransportPlugin {
     fn build(&self, app: &mut App) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
         app.init_resource::<TransportIo>()
-            .insert_resource(PendingSocket(self.config.clone()))
+            .insert_resource(SocketPlan {
+                config: self.config.clone(),
+                open_at: Some(Duration::ZERO),
+                failures: 0,
+                jitter: seed,
+            })
             .add_systems(
                 PreUpdate,
                 (open_socket, matchbox_receive)
@@ -156,16 +180,21 @@ impl Plugin for MatchboxTransportPlugin {
 
 fn open_socket(
     mut commands: Commands,
-    pending: Option<Res<PendingSocket>>,
+    time: Res<Time<Real>>,
+    mut plan: ResMut<SocketPlan>,
     mut io: ResMut<TransportIo>,
 ) {
-    let Some(pending) = pending else { return };
-    commands.remove_resource::<PendingSocket>();
-    match pending.0.builder() {
+    let Some(open_at) = plan.open_at else { return };
+    if time.elapsed() < open_at {
+        return;
+    }
+    plan.open_at = None;
+    match plan.config.builder() {
         Ok(builder) => {
-            info!("joining room `{}`", pending.0.room_url);
+            info!("joining room `{}`", plan.config.room_url);
             commands.insert_resource(MatchboxTransport {
                 socket: MatchboxSocket::from(builder),
+                opened: false,
             });
         }
         Err(error) => {
@@ -175,12 +204,50 @@ fn open_socket(
     }
 }
 
-fn matchbox_receive(transport: Option<ResMut<MatchboxTransport>>, mut io: ResMut<TransportIo>) {
+/// The socket is gone: plan the next one, or give up.
+fn socket_lost(plan: &mut SocketPlan, io: &mut TransportIo, now: Duration, reason: String) {
+    plan.failures += 1;
+    match plan.config.reconnect.delay(plan.failures) {
+        Some(delay) => {
+            // ±25% jitter, so peers that lost the same server do not retry in step.
+            plan.jitter ^= plan.jitter << 13;
+            plan.jitter ^= plan.jitter >> 7;
+            plan.jitter ^= plan.jitter << 17;
+            let factor = 0.75 + (plan.jitter % 1000) as f64 / 2000.0;
+            let delay = delay.mul_f64(factor);
+            warn!(
+                "{reason}; retrying room `{}` in `{delay:?}` (attempt `{}`)",
+                plan.config.room_url, plan.failures
+            );
+            plan.open_at = Some(now + delay);
+            io.set_status(BackendStatus::Reconnecting {
+                attempt: plan.failures,
+                reason,
+            });
+        }
+        None => {
+            warn!(
+                "{reason}; giving up on room `{}` after `{}` attempts",
+                plan.config.room_url,
+                plan.failures - 1
+            );
+            io.set_status(BackendStatus::Closed(reason));
+        }
+    }
+}
+
+fn matchbox_receive(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    transport: Option<ResMut<MatchboxTransport>>,
+    mut plan: ResMut<SocketPlan>,
+    mut io: ResMut<TransportIo>,
+) {
     let Some(mut transport) = transport else {
         return;
     };
-    let socket = &mut transport.socket;
-    match socket.try_update_peers() {
+    let transport = &mut *transport;
+    match transport.socket.try_update_peers() {
         Ok(changes) => {
             for (peer, state) in changes {
                 io.push_link_event(match state {
@@ -190,17 +257,23 @@ fn matchbox_receive(transport: Option<ResMut<MatchboxTransport>>, mut io: ResMut
             }
         }
         Err(_) => {
-            if !matches!(io.status(), BackendStatus::Closed(_)) {
-                warn!("lost the signaling server and every peer link");
-                io.set_status(BackendStatus::Closed(
-                    "the socket's message loop ended".into(),
-                ));
-            }
+            commands.remove_resource::<MatchboxTransport>();
+            let reason = if transport.opened {
+                "lost the signaling server and every peer link"
+            } else {
+                "could not reach the signaling server"
+            };
+            socket_lost(&mut plan, &mut io, time.elapsed(), reason.to_owned());
             return;
         }
     }
+    let socket = &mut transport.socket;
     if let Some(id) = socket.id() {
         io.set_local_id(id.into());
+        if !transport.opened {
+            transport.opened = true;
+            plan.failures = 0;
+        }
         if *io.status() != BackendStatus::Open {
             io.set_status(BackendStatus::Open);
         }
