@@ -167,13 +167,10 @@ pub(crate) fn track_connection(
         BackendStatus::Reconnecting { attempt, .. } => (ConnectionState::Connecting, *attempt),
         BackendStatus::Closed(_) => (ConnectionState::Offline, 0),
     };
-    match io.status() {
-        BackendStatus::Reconnecting { reason, .. } | BackendStatus::Closed(reason) => {
-            if connection.reason.as_deref() != Some(reason) {
-                connection.reason = Some(reason.clone());
-            }
-        }
-        _ => {}
+    if let BackendStatus::Reconnecting { reason, .. } | BackendStatus::Closed(reason) = io.status()
+        && connection.reason.as_deref() != Some(reason)
+    {
+        connection.reason = Some(reason.clone());
     }
     if connection.attempt != attempt {
         connection.attempt = attempt;

@@ -314,8 +314,21 @@ fn attach_touch_observer(doc: &Doc, sink: Arc<Mutex<Touched>>) {
 
 impl EntityDoc {
     fn new(replica: ReplicaId) -> Self {
+        Self::with_client_id(replica.0)
+    }
+
+    /// A document for a replica restored from a save: its yrs client id is fresh
+    /// (reusing one whose later edits may have reached peers but not the save would
+    /// corrupt the document), while ownership stays with the replica id.
+    pub(crate) fn restored(state: Update) -> Self {
+        let mut doc = Self::with_client_id(yrs::block::ClientID::random().get());
+        doc.queue_saved(state);
+        doc
+    }
+
+    fn with_client_id(client_id: u64) -> Self {
         let doc = Doc::with_options(Options {
-            client_id: yrs::block::ClientID::new(replica.0),
+            client_id: yrs::block::ClientID::new(client_id),
             ..Options::default()
         });
         let main_touched = observe_touches(&doc);
@@ -347,6 +360,12 @@ impl EntityDoc {
         live: bool,
     ) {
         self.queued.push((from, update, bytes, live));
+    }
+
+    /// Queues a saved state of this document (see [`crate::persistence`]): applied
+    /// like a y-sync catch-up, unchecked (it is this peer's own past state).
+    pub(crate) fn queue_saved(&mut self, update: Update) {
+        self.queued.push((PeerId(0), update, Vec::new(), false));
     }
 
     /// Rebuilds the shadow from the main document (after a refused update).
@@ -715,14 +734,29 @@ pub(crate) fn assign_net_ids(
     mut commands: Commands,
     local: Res<LocalPeer>,
     mut net: ResMut<NetEntities>,
+    doc: Res<EntityDoc>,
     fresh: Query<Entity, (With<Replicated>, Without<NetId>)>,
     mut staged: ResMut<Staged>,
 ) {
+    if fresh.is_empty() {
+        return;
+    }
+    let txn = doc.doc().transact();
+    let root = txn.get_map(ENTITIES);
     for entity in &fresh {
-        net.next_counter += 1;
-        let id = NetId {
-            creator: local.replica(),
-            counter: net.next_counter,
+        // A replica restored from a save skips the ids its earlier life used.
+        let id = loop {
+            net.next_counter += 1;
+            let id = NetId {
+                creator: local.replica(),
+                counter: net.next_counter,
+            };
+            let key = id.to_string();
+            if !root.as_ref().is_some_and(|r| r.contains_key(&txn, &key))
+                && !doc.tombstones.contains(&key)
+            {
+                break id;
+            }
         };
         net.map.insert(id, entity);
         commands

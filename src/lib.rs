@@ -116,9 +116,11 @@
 #![warn(missing_docs)]
 
 pub mod connection;
+pub mod diagnostics;
 pub mod durable;
 pub mod error;
 pub mod peer;
+pub mod persistence;
 pub mod presence;
 pub mod registry;
 pub mod session;
@@ -131,6 +133,7 @@ pub mod testing;
 pub mod transform_codec;
 pub mod transient;
 pub mod transport;
+pub mod undo;
 pub mod wire;
 
 use bevy::prelude::*;
@@ -150,6 +153,7 @@ pub mod prelude {
     pub use crate::PeerSyncPlugin;
     pub use crate::PeerSyncSystems;
     pub use crate::connection::{Connection, ConnectionState, ConnectionStateChanged};
+    pub use crate::diagnostics::RoomDiagnostics;
     pub use crate::durable::{
         ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,
         TransferOwnership,
@@ -357,5 +361,6 @@ impl Plugin for PeerSyncPlugin {
         durable::presence_hooks(app);
         transient::plugin(app);
         presence::plugin(app);
+        diagnostics::plugin(app);
     }
 }

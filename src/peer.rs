@@ -100,6 +100,8 @@ pub enum RejectReason {
         /// Types the peer registered that we did not (or not at the same place).
         only_theirs: Vec<String>,
     },
+    /// The peer has this peer's own replica id: two apps started from one save.
+    SameReplica(ReplicaId),
     /// The hello itself was malformed.
     Malformed(String),
 }
@@ -119,6 +121,10 @@ impl fmt::Display for RejectReason {
             } => write!(
                 f,
                 "registered sync types differ (order counts): only here `{only_ours:?}`, only on the peer `{only_theirs:?}`; register the same types in the same order on every build"
+            ),
+            Self::SameReplica(replica) => write!(
+                f,
+                "peer has this peer's own replica id `{replica}`: two apps restored from one save? give each player its own save"
             ),
             Self::Malformed(reason) => write!(f, "malformed hello: {reason}"),
         }

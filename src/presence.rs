@@ -367,6 +367,7 @@ fn decode(body: &[u8], known_types: usize) -> Result<Decoded, DropReason> {
     Ok(decoded)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn send_presence(
     time: Res<Time<Real>>,
     config: Res<PresenceConfig>,

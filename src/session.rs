@@ -127,6 +127,19 @@ pub struct SessionState {
 pub(crate) struct Inbound {
     reassembler: Reassembler,
     pings: VecDeque<(u32, Duration)>,
+    /// Whether each of the last pings was answered (true) or timed out.
+    ping_outcomes: VecDeque<bool>,
+}
+
+impl Inbound {
+    fn settle_ping(&mut self, answered: bool, stats: &mut PeerStats) {
+        if self.ping_outcomes.len() >= 20 {
+            self.ping_outcomes.pop_front();
+        }
+        self.ping_outcomes.push_back(answered);
+        let lost = self.ping_outcomes.iter().filter(|a| !**a).count();
+        stats.loss = Some(lost as f32 / self.ping_outcomes.len() as f32);
+    }
 }
 
 /// Opens and closes peer entities as the backend reports links.
@@ -208,6 +221,7 @@ pub(crate) fn receive_packets(
     mut commands: Commands,
     mut io: ResMut<TransportIo>,
     peers: Res<Peers>,
+    local: Res<LocalPeer>,
     registry: Res<SyncRegistry>,
     config: Res<SessionConfig>,
     time: Res<Time<Real>>,
@@ -264,7 +278,9 @@ pub(crate) fn receive_packets(
                     stats.count_drop(DropReason::Stale);
                     continue;
                 }
-                match check_hello(&registry, &hello) {
+                let same_replica = (hello.replica == local.replica().0)
+                    .then_some(RejectReason::SameReplica(local.replica()));
+                match same_replica.map_or_else(|| check_hello(&registry, &hello), Err) {
                     Ok(()) => {
                         debug!(
                             "peer `{from}` (bevy_peer_sync `{}`) joined",
@@ -311,6 +327,7 @@ pub(crate) fn receive_packets(
                     .remove(position)
                     .expect("position was just found");
                 let sample = time.elapsed().saturating_sub(sent);
+                inbound.settle_ping(true, &mut stats);
                 stats.rtt = Some(match stats.rtt {
                     Some(rtt) => (rtt * 7 + sample) / 8,
                     None => sample,
@@ -377,9 +394,23 @@ pub(crate) fn queue_pings(
     config: Res<SessionConfig>,
     mut state: ResMut<SessionState>,
     mut outbox: ResMut<Outbox>,
-    mut peers: Query<(&Peer, &PeerLink, &mut Inbound)>,
+    mut peers: Query<(&Peer, &PeerLink, &mut Inbound, &mut PeerStats)>,
 ) {
     let now = time.elapsed();
+    // A ping unanswered for 2 s (or four round trips, if longer) is lost.
+    for (_, _, mut inbound, mut stats) in &mut peers {
+        let timeout = stats.rtt.map_or(Duration::from_secs(2), |rtt| {
+            (rtt * 4).max(Duration::from_secs(2))
+        });
+        while inbound
+            .pings
+            .front()
+            .is_some_and(|(_, sent)| now.saturating_sub(*sent) > timeout)
+        {
+            inbound.pings.pop_front();
+            inbound.settle_ping(false, &mut stats);
+        }
+    }
     if state
         .last_ping
         .is_some_and(|last| now < last + config.ping_interval)
@@ -387,7 +418,7 @@ pub(crate) fn queue_pings(
         return;
     }
     state.last_ping = Some(now);
-    for (peer, link, mut inbound) in &mut peers {
+    for (peer, link, mut inbound, _) in &mut peers {
         if *link != PeerLink::Connected {
             continue;
         }

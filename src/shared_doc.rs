@@ -37,6 +37,7 @@
 //! ```
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bevy::prelude::*;
@@ -100,6 +101,7 @@ impl Default for DocLimits {
 pub struct SyncedDoc {
     doc: Doc,
     local_updates: Arc<Mutex<Vec<Vec<u8>>>>,
+    updates: AtomicU64,
     /// Limits on what peers send for this document.
     pub limits: DocLimits,
 }
@@ -135,6 +137,7 @@ impl SyncedDoc {
         Self {
             doc,
             local_updates,
+            updates: AtomicU64::new(0),
             limits: DocLimits::default(),
         }
     }
@@ -154,11 +157,14 @@ impl SyncedDoc {
         self.doc.transact().state_vector()
     }
 
-    /// The whole document as one update (for saving, or a late joiner).
+    /// The whole integrated document as one update (for saving, or a late joiner).
+    ///
+    /// Updates still waiting for their dependencies are left out: they are not state
+    /// yet, their authors send them again on the next sync. (Encoding them in, as
+    /// `encode_state_as_update_v1` does, was seen to upset yrs' later integration of
+    /// the same pending updates.)
     pub fn encode_state(&self) -> Vec<u8> {
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        self.doc.transact().encode_diff_v1(&StateVector::default())
     }
 
     /// Takes this frame's local updates, merged into one.
@@ -169,6 +175,8 @@ impl SyncedDoc {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        self.updates
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
         match pending.len() {
             0 => None,
             1 => pending.pop(),
@@ -193,6 +201,8 @@ impl SyncedDoc {
         if updates.is_empty() {
             return Ok(());
         }
+        self.updates
+            .fetch_add(updates.len() as u64, Ordering::Relaxed);
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
             for update in updates {
@@ -201,6 +211,12 @@ impl SyncedDoc {
             Ok(())
         }));
         result.unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+    }
+
+    /// How many updates (local transactions and remote updates) went through this
+    /// document so far.
+    pub fn update_count(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
     }
 
     /// The diff a peer with state vector `remote` is missing.

@@ -87,6 +87,33 @@ pub struct PeerStats {
     dropped: [u64; DropReason::ALL.len()],
     /// Smoothed round-trip time over the unreliable channel, once measured.
     pub rtt: Option<std::time::Duration>,
+    /// Share of recent pings (up to the last 20) that got no answer: a round-trip loss
+    /// estimate for the unreliable channel, once any ping has been settled.
+    pub loss: Option<f32>,
+    /// Bytes per second in the last measured second, per channel (see
+    /// [`crate::diagnostics`]).
+    pub rates: TrafficRates,
+}
+
+/// Bytes per second, per channel and direction, over the last measured second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrafficRates {
+    /// Received, indexed by [`Channel::index`].
+    pub bytes_in_per_sec: [f64; 2],
+    /// Sent, indexed by [`Channel::index`].
+    pub bytes_out_per_sec: [f64; 2],
+}
+
+impl TrafficRates {
+    /// Received bytes per second, both channels.
+    pub fn total_in(&self) -> f64 {
+        self.bytes_in_per_sec.iter().sum()
+    }
+
+    /// Sent bytes per second, both channels.
+    pub fn total_out(&self) -> f64 {
+        self.bytes_out_per_sec.iter().sum()
+    }
 }
 
 impl PeerStats {

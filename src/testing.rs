@@ -59,6 +59,9 @@ impl TestRoom {
     pub fn add_peer(&mut self, setup: impl FnOnce(&mut App)) -> usize {
         let mut app = self.new_app();
         setup(&mut app);
+        // What `App::run` does before the first frame.
+        app.finish();
+        app.cleanup();
         self.apps.push(app);
         self.apps.len() - 1
     }
