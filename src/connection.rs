@@ -99,6 +99,18 @@ pub struct ConnectionStateChanged {
     pub to: ConnectionState,
 }
 
+/// Ask the backend to leave the room (closing every link) or to come back.
+///
+/// Going offline is how a game offers "work offline": edits go on locally and merge
+/// when it comes back online. The WebRTC and in-memory backends both honour it.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOnline {
+    /// Leave the room and stay out until [`SetOnline::Online`].
+    Offline,
+    /// Join the room again (at once, not after a backoff).
+    Online,
+}
+
 /// How a backend retries after losing the room: exponential backoff with jitter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReconnectPolicy {
@@ -147,7 +159,8 @@ impl ReconnectPolicy {
 
 pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<Connection>()
-        .add_message::<ConnectionStateChanged>();
+        .add_message::<ConnectionStateChanged>()
+        .add_message::<SetOnline>();
 }
 
 /// Follows the backend's status. Runs first in [`crate::PeerSyncSystems::Receive`].

@@ -152,7 +152,7 @@ use crate::wire::WireLimits;
 pub mod prelude {
     pub use crate::PeerSyncPlugin;
     pub use crate::PeerSyncSystems;
-    pub use crate::connection::{Connection, ConnectionState, ConnectionStateChanged};
+    pub use crate::connection::{Connection, ConnectionState, ConnectionStateChanged, SetOnline};
     pub use crate::diagnostics::RoomDiagnostics;
     pub use crate::durable::{
         ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,

@@ -144,3 +144,115 @@ fn two_hundred_moving_entities_arrive_over_webrtc() {
         settle.elapsed()
     );
 }
+
+/// Runs every app until `done` holds, or fails with `what` after `limit`.
+fn run_until(
+    apps: &mut [App],
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&mut [App]) -> bool,
+) {
+    let start = Instant::now();
+    while !done(apps) {
+        assert!(start.elapsed() < limit, "{what} (waited {limit:?})");
+        update_all(apps);
+    }
+}
+
+fn note(app: &App) -> String {
+    app.world().resource::<SharedDoc>().text_string("note")
+}
+
+fn type_note(app: &App, at: u32, text: &str) {
+    use bevy_peer_sync::yrs::Text;
+    let doc = app.world().resource::<SharedDoc>();
+    doc.text("note").insert(&mut doc.transact_mut(), at, text);
+}
+
+fn state(app: &App) -> ConnectionState {
+    app.world().resource::<Connection>().state()
+}
+
+#[test]
+fn a_peer_that_drops_its_socket_reconnects_and_converges() {
+    let (server, mut apps, _) = webrtc_room("reconnect", 2, |_| {});
+    type_note(&apps[0], 0, "before");
+    run_until(
+        &mut apps,
+        Duration::from_secs(10),
+        "first edit arrives",
+        |apps| note(&apps[1]) == "before",
+    );
+
+    // Peer 1 drops its socket; peer 0 sees the link close.
+    apps[1].world_mut().write_message(SetOnline::Offline);
+    run_until(
+        &mut apps,
+        Duration::from_secs(20),
+        "the link closes on both sides",
+        |apps| connected(&mut apps[0]) == 0 && state(&apps[1]) == ConnectionState::Offline,
+    );
+    // Both edit while apart.
+    type_note(&apps[0], 0, "A+");
+    type_note(&apps[1], 6, "+B");
+    for _ in 0..20 {
+        update_all(&mut apps);
+    }
+
+    let start = Instant::now();
+    apps[1].world_mut().write_message(SetOnline::Online);
+    run_until(
+        &mut apps,
+        Duration::from_secs(30),
+        "peers reconnect and converge",
+        |apps| {
+            apps.iter_mut()
+                .all(|app| connected(app) == 1 && note(app) == "A+before+B")
+        },
+    );
+    println!("reconnected and converged in {:?}", start.elapsed());
+    assert_eq!(state(&apps[1]), ConnectionState::Connected);
+    drop(server);
+}
+
+#[test]
+fn links_outlive_a_signaling_restart_and_the_room_refills() {
+    use bevy_peer_sync::signaling::start_signaling_server;
+
+    let (server, mut apps, _) = webrtc_room("restart", 2, |_| {});
+    let addr = server.addr();
+    server.stop();
+    // matchbox keeps established data channels when signaling goes: the room goes on.
+    type_note(&apps[0], 0, "still here");
+    run_until(
+        &mut apps,
+        Duration::from_secs(10),
+        "edits flow without signaling",
+        |apps| note(&apps[1]) == "still here",
+    );
+    assert!(apps.iter_mut().all(|app| connected(app) == 1));
+
+    // The server comes back on the same port; peers that rejoin it find each other.
+    let server = start_signaling_server(addr).expect("the port is free again");
+    for app in &mut apps {
+        app.world_mut().write_message(SetOnline::Offline);
+    }
+    update_all(&mut apps);
+    for app in &mut apps {
+        app.world_mut().write_message(SetOnline::Online);
+    }
+    run_until(
+        &mut apps,
+        Duration::from_secs(30),
+        "peers meet again on the new server",
+        |apps| apps.iter_mut().all(|app| connected(app) == 1),
+    );
+    type_note(&apps[1], 0, "and ");
+    run_until(
+        &mut apps,
+        Duration::from_secs(10),
+        "edits flow again",
+        |apps| note(&apps[0]) == "and still here",
+    );
+    drop(server);
+}

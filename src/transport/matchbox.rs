@@ -16,7 +16,7 @@ use bevy::prelude::*;
 use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
-use crate::connection::ReconnectPolicy;
+use crate::connection::{ReconnectPolicy, SetOnline};
 use crate::error::PeerSyncError;
 use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
 
@@ -170,11 +170,39 @@ impl Plugin for MatchboxTransportPlugin {
             })
             .add_systems(
                 PreUpdate,
-                (open_socket, matchbox_receive)
+                (go_online_or_offline, open_socket, matchbox_receive)
                     .chain()
                     .in_set(TransportSystems::Receive),
             )
             .add_systems(PostUpdate, matchbox_send.in_set(TransportSystems::Send));
+    }
+}
+
+fn go_online_or_offline(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    mut requests: MessageReader<SetOnline>,
+    mut plan: ResMut<SocketPlan>,
+    mut io: ResMut<TransportIo>,
+) {
+    let Some(request) = requests.read().last() else {
+        return;
+    };
+    match request {
+        SetOnline::Offline => {
+            info!("going offline from room `{}`", plan.config.room_url);
+            commands.remove_resource::<MatchboxTransport>();
+            plan.open_at = None;
+            plan.failures = 0;
+            io.set_status(BackendStatus::Closed("went offline on request".into()));
+        }
+        SetOnline::Online => {
+            if plan.open_at.is_none() && matches!(io.status(), BackendStatus::Closed(_)) {
+                plan.open_at = Some(time.elapsed());
+                plan.failures = 0;
+                io.set_status(BackendStatus::Opening);
+            }
+        }
     }
 }
 

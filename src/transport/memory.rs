@@ -406,8 +406,39 @@ impl Plugin for MemoryTransportPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<TransportIo>()
             .insert_resource(MemoryEndpoint::join(&self.network))
-            .add_systems(PreUpdate, memory_receive.in_set(TransportSystems::Receive))
+            .add_systems(
+                PreUpdate,
+                (go_online_or_offline, memory_receive)
+                    .chain()
+                    .in_set(TransportSystems::Receive),
+            )
             .add_systems(PostUpdate, memory_send.in_set(TransportSystems::Send));
+    }
+}
+
+/// The network the app last joined, kept to come back to after going offline.
+#[derive(Resource)]
+struct HomeNetwork(MemoryNetwork);
+
+fn go_online_or_offline(
+    mut commands: Commands,
+    mut requests: MessageReader<crate::connection::SetOnline>,
+    endpoint: Option<Res<MemoryEndpoint>>,
+    home: Option<Res<HomeNetwork>>,
+) {
+    use crate::connection::SetOnline;
+    let Some(request) = requests.read().last() else {
+        return;
+    };
+    match (request, endpoint, home) {
+        (SetOnline::Offline, Some(endpoint), _) => {
+            commands.insert_resource(HomeNetwork(endpoint.network.clone()));
+            commands.remove_resource::<MemoryEndpoint>();
+        }
+        (SetOnline::Online, None, Some(home)) => {
+            commands.insert_resource(MemoryEndpoint::join(&home.0));
+        }
+        _ => {}
     }
 }
 
