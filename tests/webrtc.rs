@@ -256,3 +256,57 @@ fn links_outlive_a_signaling_restart_and_the_room_refills() {
     );
     drop(server);
 }
+
+#[test]
+fn a_lone_peer_retries_a_lost_server_with_backoff_and_meets_the_next_player() {
+    use bevy::prelude::*;
+    use bevy_peer_sync::connection::ReconnectPolicy;
+    use bevy_peer_sync::signaling::start_signaling_server;
+
+    let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
+    let addr = server.addr();
+    let url = server.room_url("retry");
+    let new_app = |url: &str| {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins)
+            .add_plugins(PeerSyncPlugin::new(url).with_reconnect(ReconnectPolicy {
+                first_delay: Duration::from_millis(100),
+                max_delay: Duration::from_millis(800),
+                max_attempts: None,
+            }));
+        app
+    };
+    let mut apps = vec![new_app(&url)];
+    run_until(&mut apps, Duration::from_secs(10), "in the room", |apps| {
+        state(&apps[0]) == ConnectionState::Connected
+    });
+    type_note(&apps[0], 0, "kept offline");
+
+    // Alone and without signaling, the socket ends: the plugin retries with backoff.
+    server.stop();
+    run_until(&mut apps, Duration::from_secs(20), "reconnecting", |apps| {
+        state(&apps[0]) == ConnectionState::Reconnecting
+    });
+    run_until(
+        &mut apps,
+        Duration::from_secs(20),
+        "a few retries fail",
+        |apps| apps[0].world().resource::<Connection>().attempt() >= 3,
+    );
+
+    let server = start_signaling_server(addr).expect("the port is free again");
+    run_until(
+        &mut apps,
+        Duration::from_secs(20),
+        "back in the room",
+        |apps| state(&apps[0]) == ConnectionState::Connected,
+    );
+    apps.push(new_app(&url));
+    run_until(
+        &mut apps,
+        Duration::from_secs(30),
+        "the next player gets the note",
+        |apps| note(&apps[1]) == "kept offline",
+    );
+    drop(server);
+}

@@ -55,7 +55,7 @@ impl MatchboxConfig {
         Self {
             room_url: room_url.into(),
             ice_servers: IceServers::Unchosen,
-            reconnect_attempts: Some(2),
+            reconnect_attempts: Some(1),
             reconnect: ReconnectPolicy::default(),
         }
     }
