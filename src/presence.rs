@@ -118,6 +118,15 @@ impl Default for LocalPresence {
 }
 
 impl LocalPresence {
+    /// A presence with this name and colour, no cursor yet.
+    pub fn new(name: impl Into<String>, color: Color) -> Self {
+        Self {
+            name: name.into(),
+            color,
+            ..Self::default()
+        }
+    }
+
     /// Publishes `value` as this peer's `T`. `T` must be registered with
     /// `app.sync_component::<T>(Route::Presence)`; a value that does not encode, or
     /// encodes to more than [`MAX_EXTRA_LEN`] bytes, is not published (and logged).

@@ -95,7 +95,7 @@ fn draw_overlay(
         .resizable(false)
         .show(ctx, |ui| {
             ui.horizontal(|ui| {
-                ui.colored_label(color, format!("● {state}"));
+                ui.colored_label(color, state);
                 if connection.state() == ConnectionState::Reconnecting {
                     ui.label(format!("(attempt {})", connection.attempt()));
                 }

@@ -1,0 +1,618 @@
+//! A shared 2D board: everyone's cursor with name and colour, shapes anyone can spawn
+//! and drag, a shared note, undo, and the diagnostics overlay.
+//!
+//! ```sh
+//! # three players on this machine (a signaling server in-process, three windows)
+//! cargo run --release --features demo --example board -- --players 3
+//! # join a room like a real player
+//! cargo run --release --features demo --example board -- --room ws://host:3536/board
+//! ```
+//!
+//! Controls: move the mouse (your cursor shows on the others' boards), `Space` or
+//! right click spawns a shape, drag a shape with the left button (its owner hands it
+//! over on request; while dragging it streams on the unreliable channel, on release it
+//! is committed to the document), type in the note (two players typing merge letter by
+//! letter), `Ctrl+Z` / `Ctrl+Y` undo and redo your own note edits, `F3` toggles the
+//! overlay.
+//!
+//! `--script` plays a fixed sequence (spawn, drag, type), writes a screenshot and the
+//! board's state next to it (`--out DIR`), and exits: CI uses it under Xvfb.
+
+use bevy::prelude::*;
+use bevy::render::view::screenshot::{Screenshot, save_to_disk};
+use bevy::window::{PrimaryWindow, WindowPosition, WindowResolution};
+use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
+use bevy_peer_sync::diagnostics::overlay::{OverlayVisible, PeerSyncOverlayPlugin};
+use bevy_peer_sync::durable::NetEntities;
+use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::undo::{Redo, Undo, UndoPlugin};
+use bevy_peer_sync::yrs::Text;
+use serde::{Deserialize, Serialize};
+
+const PALETTE: [[u8; 3]; 6] = [
+    [230, 80, 70],
+    [60, 150, 230],
+    [90, 190, 100],
+    [240, 180, 50],
+    [170, 100, 220],
+    [40, 190, 190],
+];
+const WIDTH: u32 = 800;
+const HEIGHT: u32 = 560;
+
+/// A shape on the board (durable: spawned, owned and kept in the document).
+#[derive(Component, Serialize, Deserialize, Clone, PartialEq, Debug)]
+struct Shape {
+    color: [u8; 3],
+    size: f32,
+}
+
+#[derive(Resource, Debug, Clone)]
+struct Options {
+    index: usize,
+    script: bool,
+    out: std::path::PathBuf,
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(players) = arg(&args, "--players") {
+        let players: usize = players.parse().expect("--players takes a number");
+        return launch_players(players, &args);
+    }
+    let room = arg(&args, "--room").unwrap_or_else(default_room);
+    let index: usize = arg(&args, "--index").map_or(0, |i| i.parse().unwrap_or(0));
+    let options = Options {
+        index,
+        script: args.iter().any(|a| a == "--script"),
+        out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
+    };
+    run_player(&room, options);
+}
+
+fn default_room() -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // The page passes `?room=ws://...`; default to the serving host.
+        let location = web_sys::window().map(|w| w.location());
+        let query = location
+            .as_ref()
+            .and_then(|l| l.search().ok())
+            .unwrap_or_default();
+        if let Some(room) = query
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("room="))
+        {
+            return room.to_owned();
+        }
+        let host = location
+            .and_then(|l| l.hostname().ok())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        return format!("ws://{host}:3536/board");
+    }
+    #[allow(unreachable_code)]
+    "ws://127.0.0.1:3536/board".into()
+}
+
+/// `--players N`: a signaling server here and N player processes, cascaded.
+#[cfg(not(target_arch = "wasm32"))]
+fn launch_players(players: usize, args: &[String]) {
+    let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0))
+        .expect("a signaling server starts on 127.0.0.1");
+    let room = server.room_url("board");
+    println!("room {room}: starting {players} players");
+    let exe = std::env::current_exe().expect("the example knows its own path");
+    let passthrough: Vec<String> = args
+        .iter()
+        .skip(1)
+        .scan(false, |skip_next, a| {
+            let skip = *skip_next;
+            *skip_next = a == "--players";
+            Some(
+                (skip || a == "--players")
+                    .then_some(None)
+                    .unwrap_or(Some(a.clone())),
+            )
+        })
+        .flatten()
+        .collect();
+    let mut children: Vec<_> = (0..players)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(&passthrough)
+                .args(["--room", &room, "--index", &i.to_string()])
+                .spawn()
+                .expect("a player process starts")
+        })
+        .collect();
+    let mut failed = false;
+    for child in &mut children {
+        failed |= !child.wait().map(|s| s.success()).unwrap_or(false);
+    }
+    drop(server);
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+fn run_player(room: &str, options: Options) {
+    let index = options.index;
+    let color = PALETTE[index % PALETTE.len()];
+    let offset = 40 + 70 * index as i32;
+    let mut app = App::new();
+    app.add_plugins(DefaultPlugins.set(WindowPlugin {
+        primary_window: Some(Window {
+            title: format!("bevy_peer_sync board · player {}", index + 1),
+            resolution: WindowResolution::new(WIDTH, HEIGHT),
+            position: WindowPosition::At(IVec2::new(offset, offset)),
+            canvas: Some("#board".into()),
+            fit_canvas_to_parent: true,
+            ..default()
+        }),
+        ..default()
+    }))
+    .insert_resource(ClearColor(Color::srgb(0.12, 0.13, 0.16)))
+    .add_plugins(PeerSyncPlugin::new(room))
+    .add_plugins(PeerSyncOverlayPlugin::default())
+    .add_plugins(UndoPlugin::texts(["note"]))
+    .sync_component::<Shape>(Route::Durable)
+    .sync_transform(TransformEncoding::Quantized {
+        position_precision: 0.01,
+    })
+    .smooth_component::<Transform>(SmoothingConfig::default())
+    .insert_resource(LocalPresence::new(
+        format!("player {}", index + 1),
+        Color::srgb_u8(color[0], color[1], color[2]),
+    ))
+    .insert_resource(options.clone())
+    .init_resource::<Dragging>()
+    .init_resource::<NoteBuffer>()
+    .init_resource::<ScriptClock>()
+    .add_systems(Startup, setup)
+    .add_systems(
+        Update,
+        (
+            (track_cursor, drag_shapes).chain(),
+            spawn_on_input.after(track_cursor),
+            draw_shapes,
+            draw_remote_cursors,
+            keys,
+        ),
+    )
+    .add_systems(EguiPrimaryContextPass, note_window);
+    if options.script {
+        app.add_systems(Update, run_script.before(track_cursor));
+    }
+    app.run();
+}
+
+fn setup(mut commands: Commands) {
+    commands.spawn(Camera2d);
+}
+
+/// The world position of the mouse, or of the script's virtual mouse.
+#[derive(Resource, Default)]
+struct VirtualMouse {
+    at: Option<Vec2>,
+    pressed: bool,
+    just_pressed: bool,
+    just_released: bool,
+}
+
+fn track_cursor(
+    windows: Query<&Window, With<PrimaryWindow>>,
+    cameras: Query<(&Camera, &GlobalTransform)>,
+    script: Option<Res<VirtualMouse>>,
+    mut me: ResMut<LocalPresence>,
+) {
+    let at = match script {
+        Some(mouse) => mouse.at,
+        None => {
+            let (Ok(window), Ok((camera, transform))) = (windows.single(), cameras.single()) else {
+                return;
+            };
+            window
+                .cursor_position()
+                .and_then(|p| camera.viewport_to_world_2d(transform, p).ok())
+        }
+    };
+    if me.cursor != at {
+        me.cursor = at;
+    }
+}
+
+fn spawn_shape(commands: &mut Commands, at: Vec2, color: [u8; 3], size: f32) {
+    commands.spawn((
+        Replicated,
+        Shape { color, size },
+        Transform::from_translation(at.extend(0.0)),
+    ));
+}
+
+fn spawn_on_input(
+    mut commands: Commands,
+    mouse: Res<ButtonInput<MouseButton>>,
+    keys: Res<ButtonInput<KeyCode>>,
+    mut contexts: EguiContexts,
+    me: Res<LocalPresence>,
+    options: Res<Options>,
+    count: Query<(), With<Shape>>,
+) {
+    if options.script {
+        return;
+    }
+    let egui_wants = contexts
+        .ctx_mut()
+        .map(|c| c.egui_wants_keyboard_input() || c.egui_wants_pointer_input())
+        .unwrap_or(false);
+    if egui_wants {
+        return;
+    }
+    if let Some(at) = me.cursor
+        && (mouse.just_pressed(MouseButton::Right) || keys.just_pressed(KeyCode::Space))
+    {
+        let n = count.iter().count();
+        let color = PALETTE[(options.index + n) % PALETTE.len()];
+        spawn_shape(&mut commands, at, color, 50.0 + 10.0 * (n % 3) as f32);
+    }
+}
+
+#[derive(Resource, Default)]
+struct Dragging {
+    entity: Option<Entity>,
+    grab_offset: Vec2,
+    waiting_for_ownership: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drag_shapes(
+    mouse: Res<ButtonInput<MouseButton>>,
+    script: Option<Res<VirtualMouse>>,
+    mut contexts: EguiContexts,
+    me: Res<LocalPresence>,
+    local: Res<LocalPeer>,
+    mut dragging: ResMut<Dragging>,
+    mut shapes: Query<(Entity, &Shape, &mut Transform, &Owner)>,
+    mut requests: MessageWriter<RequestOwnership>,
+    mut commits: MessageWriter<CommitTransient>,
+) {
+    let (pressed, just_pressed, just_released) = match &script {
+        Some(m) => (m.pressed, m.just_pressed, m.just_released),
+        None => {
+            let over_ui = contexts
+                .ctx_mut()
+                .map(|c| c.egui_wants_pointer_input())
+                .unwrap_or(false);
+            (
+                mouse.pressed(MouseButton::Left),
+                mouse.just_pressed(MouseButton::Left) && !over_ui,
+                mouse.just_released(MouseButton::Left),
+            )
+        }
+    };
+    let Some(at) = me.cursor else { return };
+    if just_pressed {
+        let hit = shapes
+            .iter()
+            .filter(|(_, shape, transform, _)| {
+                (at - transform.translation.truncate()).abs().max_element() <= shape.size / 2.0
+            })
+            .max_by(|a, b| a.2.translation.z.total_cmp(&b.2.translation.z))
+            .map(|(entity, _, transform, owner)| {
+                (entity, transform.translation.truncate(), owner.0)
+            });
+        if let Some((entity, position, owner)) = hit {
+            dragging.entity = Some(entity);
+            dragging.grab_offset = position - at;
+            dragging.waiting_for_ownership = owner != Some(local.replica());
+            if dragging.waiting_for_ownership {
+                requests.write(RequestOwnership { entity });
+            }
+        }
+    }
+    let Some(entity) = dragging.entity else {
+        return;
+    };
+    let Ok((_, _, mut transform, owner)) = shapes.get_mut(entity) else {
+        dragging.entity = None;
+        return;
+    };
+    let mine = owner.0 == Some(local.replica());
+    if pressed && mine {
+        dragging.waiting_for_ownership = false;
+        let target = (at + dragging.grab_offset).extend(transform.translation.z);
+        if transform.translation != target {
+            transform.translation = target;
+        }
+    }
+    if just_released || !pressed {
+        if mine {
+            commits.write(CommitTransient { entity });
+        }
+        dragging.entity = None;
+    }
+}
+
+fn draw_shapes(mut commands: Commands, shapes: Query<(Entity, &Shape), Changed<Shape>>) {
+    for (entity, shape) in &shapes {
+        let [r, g, b] = shape.color;
+        commands.entity(entity).insert((
+            Sprite::from_color(Color::srgb_u8(r, g, b), Vec2::splat(shape.size)),
+            Visibility::default(),
+        ));
+    }
+}
+
+/// Marks the visual of a remote cursor, on the remote peer's entity.
+#[derive(Component)]
+struct CursorVisual;
+
+fn draw_remote_cursors(
+    mut commands: Commands,
+    peers: Query<
+        (
+            Entity,
+            Option<&PeerPresence>,
+            Option<&PeerCursor>,
+            Has<Away>,
+            Has<CursorVisual>,
+        ),
+        With<Peer>,
+    >,
+) {
+    for (entity, presence, cursor, away, has_visual) in &peers {
+        let at = cursor.and_then(|c| c.0);
+        let (Some(presence), Some(at)) = (presence, at) else {
+            if has_visual {
+                commands.entity(entity).insert(Visibility::Hidden);
+            }
+            continue;
+        };
+        let alpha = if away { 0.35 } else { 1.0 };
+        let color = presence.color.with_alpha(alpha);
+        let transform = Transform::from_translation(at.extend(10.0));
+        if has_visual {
+            commands.entity(entity).insert((
+                transform,
+                Visibility::Visible,
+                Sprite::from_color(color, Vec2::splat(12.0)),
+            ));
+        } else {
+            commands
+                .entity(entity)
+                .insert((
+                    CursorVisual,
+                    transform,
+                    Visibility::Visible,
+                    Sprite::from_color(color, Vec2::splat(12.0)),
+                ))
+                .with_child((
+                    Text2d::new(presence.name.clone()),
+                    TextFont::from_font_size(14.0),
+                    TextColor(Color::WHITE),
+                    Transform::from_xyz(8.0, -16.0, 0.0),
+                    bevy::sprite::Anchor::TOP_LEFT,
+                ));
+        }
+    }
+}
+
+fn keys(
+    keys: Res<ButtonInput<KeyCode>>,
+    mut overlay: ResMut<OverlayVisible>,
+    mut undo: MessageWriter<Undo>,
+    mut redo: MessageWriter<Redo>,
+) {
+    let ctrl = keys.any_pressed([KeyCode::ControlLeft, KeyCode::ControlRight]);
+    if ctrl && keys.just_pressed(KeyCode::KeyZ) {
+        undo.write(Undo);
+    }
+    if ctrl && keys.just_pressed(KeyCode::KeyY) {
+        redo.write(Redo);
+    }
+    if keys.just_pressed(KeyCode::F3) {
+        overlay.0 = !overlay.0;
+    }
+}
+
+/// The note as this peer last saw it; edits are diffed against it.
+#[derive(Resource, Default)]
+struct NoteBuffer {
+    text: String,
+}
+
+/// Applies the change from `old` to `new` to the shared text as one splice (egui
+/// hands over the whole edited string; a keystroke or a paste is one splice).
+fn splice(doc: &SharedDoc, old: &str, new: &str) {
+    let prefix = old
+        .char_indices()
+        .zip(new.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(old.len().min(new.len()), |((i, _), _)| i);
+    let prefix = (0..=prefix)
+        .rev()
+        .find(|&i| old.is_char_boundary(i) && new.is_char_boundary(i))
+        .unwrap_or(0);
+    let max_suffix = old.len().min(new.len()) - prefix;
+    let mut suffix = old
+        .bytes()
+        .rev()
+        .zip(new.bytes().rev())
+        .take(max_suffix)
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !old.is_char_boundary(old.len() - suffix) || !new.is_char_boundary(new.len() - suffix) {
+        suffix -= 1;
+    }
+    let removed = &old[prefix..old.len() - suffix];
+    let inserted = &new[prefix..new.len() - suffix];
+    let text = doc.text("note");
+    let mut txn = doc.transact_mut();
+    if !removed.is_empty() {
+        text.remove_range(&mut txn, prefix as u32, removed.len() as u32);
+    }
+    if !inserted.is_empty() {
+        text.insert(&mut txn, prefix as u32, inserted);
+    }
+}
+
+fn note_window(
+    mut contexts: EguiContexts,
+    doc: Res<SharedDoc>,
+    mut buffer: ResMut<NoteBuffer>,
+    mut undo: MessageWriter<Undo>,
+    mut redo: MessageWriter<Redo>,
+) -> Result {
+    let ctx = contexts.ctx_mut()?;
+    let shared = doc.text_string("note");
+    let mut text = shared.clone();
+    egui::Window::new("shared note")
+        .anchor(egui::Align2::LEFT_BOTTOM, [8.0, -8.0])
+        .resizable(false)
+        .show(ctx, |ui| {
+            ui.add(
+                egui::TextEdit::multiline(&mut text)
+                    .desired_rows(4)
+                    .desired_width(260.0)
+                    .hint_text("type here: everyone sees it"),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("undo").clicked() {
+                    undo.write(Undo);
+                }
+                if ui.button("redo").clicked() {
+                    redo.write(Redo);
+                }
+            });
+        });
+    if text != shared {
+        splice(&doc, &shared, &text);
+    }
+    buffer.text = text;
+    Ok(())
+}
+
+/// Native: next to the screenshot. Browser: into the page, for the test to read.
+fn write_state(options: &Options, state: &str) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let path = options
+            .out
+            .join(format!("board-player{}.txt", options.index + 1));
+        std::fs::write(&path, state).expect("the state file is written");
+        info!("scripted run done: `{}`", path.display());
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = options;
+        if let Some(element) = web_sys::window()
+            .and_then(|w| w.document())
+            .and_then(|d| d.get_element_by_id("board-state"))
+        {
+            element.set_text_content(Some(state));
+        }
+    }
+}
+
+#[derive(Resource, Default)]
+struct ScriptClock {
+    frame: u32,
+}
+
+/// The scripted session: deterministic per player index.
+#[allow(clippy::too_many_arguments)]
+fn run_script(
+    mut commands: Commands,
+    mut clock: ResMut<ScriptClock>,
+    options: Res<Options>,
+    mouse: Option<ResMut<VirtualMouse>>,
+    doc: Res<SharedDoc>,
+    connection: Res<Connection>,
+    shapes: Query<(&NetId, &Shape, &Transform)>,
+    net: Res<NetEntities>,
+    peers: Query<&PeerPresence>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let Some(mut mouse) = mouse else {
+        commands.insert_resource(VirtualMouse::default());
+        return;
+    };
+    // Wait for the room before the clock starts: every player then plays the same beat.
+    if clock.frame == 0 && connection.state() != ConnectionState::Connected {
+        return;
+    }
+    clock.frame += 1;
+    let frame = clock.frame;
+    let i = options.index as f32;
+    mouse.just_pressed = false;
+    mouse.just_released = false;
+    let home = Vec2::new(-260.0 + 170.0 * i, 120.0 - 60.0 * i);
+    // The cursor wanders on a small circle around the player's home.
+    let t = frame as f32 / 30.0;
+    mouse.at = Some(home + Vec2::new(40.0 * t.cos(), 40.0 * t.sin()));
+    match frame {
+        90 => {
+            let color = PALETTE[options.index % PALETTE.len()];
+            spawn_shape(&mut commands, home, color, 60.0);
+        }
+        150..=240 if options.index == 0 => {
+            // Player 1 grabs its shape in the middle and drags it across the board.
+            let progress = (frame - 150) as f32 / 90.0;
+            mouse.at = Some(home + Vec2::new(300.0 * progress, -200.0 * progress));
+            mouse.just_pressed = frame == 150;
+            mouse.pressed = frame < 240;
+            mouse.just_released = frame == 240;
+        }
+        260 => {
+            let text = doc.text("note");
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(
+                &mut txn,
+                len,
+                &format!("hello from player {} ", options.index + 1),
+            );
+        }
+        420 => {
+            let path = options
+                .out
+                .join(format!("board-player{}.png", options.index + 1));
+            commands
+                .spawn(Screenshot::primary_window())
+                .observe(save_to_disk(path));
+        }
+        480 => {
+            let mut lines: Vec<String> = shapes
+                .iter()
+                .map(|(id, shape, transform)| {
+                    format!(
+                        "shape {id} color {:?} size {} at {:.0},{:.0}",
+                        shape.color, shape.size, transform.translation.x, transform.translation.y
+                    )
+                })
+                .collect();
+            lines.sort();
+            let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+            names.sort();
+            // Concurrent appends merge in an order every peer agrees on.
+            lines.push(format!("note {:?}", doc.text_string("note")));
+            lines.push(format!("entities {}", net.len()));
+            let state = lines.join("\n") + "\n";
+            let peers_line = format!("sees {names:?}\n");
+            write_state(&options, &(state + &peers_line));
+        }
+        540 => {
+            exit.write(AppExit::Success);
+        }
+        _ => {}
+    }
+}
