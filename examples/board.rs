@@ -29,6 +29,10 @@ use bevy_peer_sync::undo::{Redo, Undo, UndoPlugin};
 use bevy_peer_sync::yrs::Text;
 use serde::{Deserialize, Serialize};
 
+#[path = "support/players.rs"]
+mod players;
+use players::arg;
+
 const PALETTE: [[u8; 3]; 6] = [
     [230, 80, 70],
     [60, 150, 230],
@@ -54,106 +58,47 @@ struct Options {
     out: std::path::PathBuf,
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(players) = arg(&args, "--players") {
         let players: usize = players.parse().expect("--players takes a number");
-        return launch_players(players, &args);
+        return players::launch_players(players, "board", &args);
     }
-    let room = arg(&args, "--room").unwrap_or_else(default_room);
-    let index: usize = arg(&args, "--index").map_or(0, |i| i.parse().unwrap_or(0));
+    let room = arg(&args, "--room").unwrap_or_else(|| players::default_room("board"));
     let options = Options {
-        index,
-        script: args.iter().any(|a| a == "--script"),
+        index: players::player_index(&args),
+        script: args.iter().any(|a| a == "--script")
+            || cfg!(target_arch = "wasm32") && web_query_has("script"),
         out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
     };
     run_player(&room, options);
 }
 
-fn default_room() -> String {
+/// Whether the page's query string has `name` (`?script`), in the browser.
+fn web_query_has(name: &str) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
-        // The page passes `?room=ws://...`; default to the serving host.
-        let location = web_sys::window().map(|w| w.location());
-        let query = location
-            .as_ref()
-            .and_then(|l| l.search().ok())
-            .unwrap_or_default();
-        if let Some(room) = query
-            .trim_start_matches('?')
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("room="))
-        {
-            return room.to_owned();
-        }
-        let host = location
-            .and_then(|l| l.hostname().ok())
-            .unwrap_or_else(|| "127.0.0.1".into());
-        return format!("ws://{host}:3536/board");
+        return web_sys::window()
+            .and_then(|w| w.location().search().ok())
+            .is_some_and(|q| q.trim_start_matches('?').split('&').any(|kv| kv == name));
     }
     #[allow(unreachable_code)]
-    "ws://127.0.0.1:3536/board".into()
-}
-
-/// `--players N`: a signaling server here and N player processes, cascaded.
-#[cfg(not(target_arch = "wasm32"))]
-fn launch_players(players: usize, args: &[String]) {
-    let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0))
-        .expect("a signaling server starts on 127.0.0.1");
-    let room = server.room_url("board");
-    println!("room {room}: starting {players} players");
-    let exe = std::env::current_exe().expect("the example knows its own path");
-    let passthrough: Vec<String> = args
-        .iter()
-        .skip(1)
-        .scan(false, |skip_next, a| {
-            let skip = *skip_next;
-            *skip_next = a == "--players";
-            Some(
-                (skip || a == "--players")
-                    .then_some(None)
-                    .unwrap_or(Some(a.clone())),
-            )
-        })
-        .flatten()
-        .collect();
-    let mut children: Vec<_> = (0..players)
-        .map(|i| {
-            std::process::Command::new(&exe)
-                .args(&passthrough)
-                .args(["--room", &room, "--index", &i.to_string()])
-                .spawn()
-                .expect("a player process starts")
-        })
-        .collect();
-    let mut failed = false;
-    for child in &mut children {
-        failed |= !child.wait().map(|s| s.success()).unwrap_or(false);
-    }
-    drop(server);
-    if failed {
-        std::process::exit(1);
+    {
+        let _ = name;
+        false
     }
 }
 
 fn run_player(room: &str, options: Options) {
     let index = options.index;
     let color = PALETTE[index % PALETTE.len()];
-    let offset = 40 + 70 * index as i32;
     let mut app = App::new();
     app.add_plugins(DefaultPlugins.set(WindowPlugin {
         primary_window: Some(Window {
             title: format!("bevy_peer_sync board · player {}", index + 1),
             resolution: WindowResolution::new(WIDTH, HEIGHT),
-            position: WindowPosition::At(IVec2::new(offset, offset)),
+            position: WindowPosition::At(players::window_offset(index)),
             canvas: Some("#board".into()),
             fit_canvas_to_parent: true,
             ..default()

@@ -1,0 +1,101 @@
+//! What both examples share: command-line options and the `--players N` launcher.
+
+#![allow(dead_code)]
+
+/// The value after `name` on the command line.
+pub fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The room to join when none is given: in the browser `?room=ws://...` or the
+/// serving host's port 3536, natively `ws://127.0.0.1:3536/<room>`.
+pub fn default_room(room: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let location = web_sys::window().map(|w| w.location());
+        let query = location
+            .as_ref()
+            .and_then(|l| l.search().ok())
+            .unwrap_or_default();
+        if let Some(url) = query
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("room="))
+        {
+            return url.to_owned();
+        }
+        let host = location
+            .and_then(|l| l.hostname().ok())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        return format!("ws://{host}:3536/{room}");
+    }
+    #[allow(unreachable_code)]
+    {
+        format!("ws://127.0.0.1:3536/{room}")
+    }
+}
+
+/// The player index: `--index N` natively, `?index=N` in the browser.
+pub fn player_index(args: &[String]) -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let query = web_sys::window()
+            .and_then(|w| w.location().search().ok())
+            .unwrap_or_default();
+        if let Some(index) = query
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("index="))
+        {
+            return index.parse().unwrap_or(0);
+        }
+    }
+    arg(args, "--index").map_or(0, |i| i.parse().unwrap_or(0))
+}
+
+/// `--players N`: starts a signaling server on 127.0.0.1 and N copies of this
+/// example as player processes (`--room <url> --index i` added, `--players N`
+/// dropped), waits for them, and exits with failure if any failed.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn launch_players(players: usize, room: &str, args: &[String]) {
+    let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0))
+        .expect("a signaling server starts on 127.0.0.1");
+    let url = server.room_url(room);
+    println!("room {url}: starting {players} players");
+    let exe = std::env::current_exe().expect("the example knows its own path");
+    let mut passthrough = Vec::new();
+    let mut rest = args.iter().skip(1);
+    while let Some(a) = rest.next() {
+        if a == "--players" {
+            rest.next();
+        } else {
+            passthrough.push(a.clone());
+        }
+    }
+    let mut children: Vec<_> = (0..players)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(&passthrough)
+                .args(["--room", &url, "--index", &i.to_string()])
+                .spawn()
+                .expect("a player process starts")
+        })
+        .collect();
+    let mut failed = false;
+    for child in &mut children {
+        failed |= !child.wait().map(|s| s.success()).unwrap_or(false);
+    }
+    drop(server);
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// Where player `index`'s window goes: cascaded so every window shows.
+pub fn window_offset(index: usize) -> bevy::math::IVec2 {
+    let offset = 40 + 70 * index as i32;
+    bevy::math::IVec2::new(offset, offset)
+}
