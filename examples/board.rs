@@ -19,6 +19,7 @@
 //! board's state next to it (`--out DIR`), and exits: CI uses it under Xvfb.
 
 use bevy::prelude::*;
+#[cfg(not(target_arch = "wasm32"))]
 use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use bevy::window::{PrimaryWindow, WindowPosition, WindowResolution};
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
@@ -55,6 +56,11 @@ struct Shape {
 struct Options {
     index: usize,
     script: bool,
+    headless: bool,
+    /// With `--script`: how many other players to wait for before starting.
+    expect_peers: usize,
+    /// Where scripted runs write (native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     out: std::path::PathBuf,
 }
 
@@ -71,8 +77,31 @@ fn main() {
         script: args.iter().any(|a| a == "--script")
             || cfg!(target_arch = "wasm32") && web_query_has("script"),
         out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
+        headless: args.iter().any(|a| a == "--headless"),
+        expect_peers: arg(&args, "--expect-peers")
+            .or_else(|| web_query("peers"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     };
     run_player(&room, options);
+}
+
+/// The value of `name` in the page's query string (`?peers=2`), in the browser.
+fn web_query(name: &str) -> Option<String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let query = web_sys::window().and_then(|w| w.location().search().ok())?;
+        return query
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned);
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = name;
+        None
+    }
 }
 
 /// Whether the page's query string has `name` (`?script`), in the browser.
@@ -94,46 +123,55 @@ fn run_player(room: &str, options: Options) {
     let index = options.index;
     let color = PALETTE[index % PALETTE.len()];
     let mut app = App::new();
-    app.add_plugins(DefaultPlugins.set(WindowPlugin {
-        primary_window: Some(Window {
-            title: format!("bevy_peer_sync board · player {}", index + 1),
-            resolution: WindowResolution::new(WIDTH, HEIGHT),
-            position: WindowPosition::At(players::window_offset(index)),
-            canvas: Some("#board".into()),
-            fit_canvas_to_parent: true,
+    if options.headless {
+        // A peer with no window (`--headless --script`): the browser check's native
+        // player, on machines without a display.
+        app.add_plugins(MinimalPlugins)
+            .add_plugins(bevy::log::LogPlugin::default());
+    } else {
+        app.add_plugins(DefaultPlugins.set(WindowPlugin {
+            primary_window: Some(Window {
+                title: format!("bevy_peer_sync board · player {}", index + 1),
+                resolution: WindowResolution::new(WIDTH, HEIGHT),
+                position: WindowPosition::At(players::window_offset(index)),
+                canvas: Some("#board".into()),
+                fit_canvas_to_parent: true,
+                ..default()
+            }),
             ..default()
-        }),
-        ..default()
-    }))
-    .insert_resource(ClearColor(Color::srgb(0.12, 0.13, 0.16)))
-    .add_plugins(PeerSyncPlugin::new(room))
-    .add_plugins(PeerSyncOverlayPlugin::default())
-    .add_plugins(UndoPlugin::texts(["note"]))
-    .sync_component::<Shape>(Route::Durable)
-    .sync_transform(TransformEncoding::Quantized {
-        position_precision: 0.01,
-    })
-    .smooth_component::<Transform>(SmoothingConfig::default())
-    .insert_resource(LocalPresence::new(
-        format!("player {}", index + 1),
-        Color::srgb_u8(color[0], color[1], color[2]),
-    ))
-    .insert_resource(options.clone())
-    .init_resource::<Dragging>()
-    .init_resource::<NoteBuffer>()
-    .init_resource::<ScriptClock>()
-    .add_systems(Startup, setup)
-    .add_systems(
-        Update,
-        (
-            (track_cursor, drag_shapes).chain(),
-            spawn_on_input.after(track_cursor),
-            draw_shapes,
-            draw_remote_cursors,
-            keys,
-        ),
-    )
-    .add_systems(EguiPrimaryContextPass, note_window);
+        }))
+        .insert_resource(ClearColor(Color::srgb(0.12, 0.13, 0.16)))
+        .add_plugins(PeerSyncOverlayPlugin::default())
+        .init_resource::<NoteBuffer>()
+        .add_systems(Startup, setup)
+        .add_systems(
+            Update,
+            (
+                read_mouse.before(track_cursor),
+                spawn_on_input.after(track_cursor),
+                draw_shapes,
+                draw_remote_cursors,
+                keys,
+            ),
+        )
+        .add_systems(EguiPrimaryContextPass, note_window);
+    }
+    app.add_plugins(PeerSyncPlugin::new(room))
+        .add_plugins(UndoPlugin::texts(["note"]))
+        .sync_component::<Shape>(Route::Durable)
+        .sync_transform(TransformEncoding::Quantized {
+            position_precision: 0.01,
+        })
+        .smooth_component::<Transform>(SmoothingConfig::default())
+        .insert_resource(LocalPresence::new(
+            format!("player {}", index + 1),
+            Color::srgb_u8(color[0], color[1], color[2]),
+        ))
+        .insert_resource(options.clone())
+        .init_resource::<Dragging>()
+        .init_resource::<VirtualMouse>()
+        .init_resource::<ScriptClock>()
+        .add_systems(Update, (track_cursor, drag_shapes).chain());
     if options.script {
         app.add_systems(Update, run_script.before(track_cursor));
     }
@@ -153,26 +191,37 @@ struct VirtualMouse {
     just_released: bool,
 }
 
-fn track_cursor(
+fn track_cursor(mouse: Res<VirtualMouse>, mut me: ResMut<LocalPresence>) {
+    if me.cursor != mouse.at {
+        me.cursor = mouse.at;
+    }
+}
+
+/// The real mouse, in world coordinates; a press over an egui window is egui's.
+fn read_mouse(
     windows: Query<&Window, With<PrimaryWindow>>,
     cameras: Query<(&Camera, &GlobalTransform)>,
-    script: Option<Res<VirtualMouse>>,
-    mut me: ResMut<LocalPresence>,
+    buttons: Res<ButtonInput<MouseButton>>,
+    options: Res<Options>,
+    mut contexts: EguiContexts,
+    mut mouse: ResMut<VirtualMouse>,
 ) {
-    let at = match script {
-        Some(mouse) => mouse.at,
-        None => {
-            let (Ok(window), Ok((camera, transform))) = (windows.single(), cameras.single()) else {
-                return;
-            };
-            window
-                .cursor_position()
-                .and_then(|p| camera.viewport_to_world_2d(transform, p).ok())
-        }
-    };
-    if me.cursor != at {
-        me.cursor = at;
+    if options.script {
+        return;
     }
+    let (Ok(window), Ok((camera, transform))) = (windows.single(), cameras.single()) else {
+        return;
+    };
+    mouse.at = window
+        .cursor_position()
+        .and_then(|p| camera.viewport_to_world_2d(transform, p).ok());
+    let over_ui = contexts
+        .ctx_mut()
+        .map(|c| c.egui_wants_pointer_input())
+        .unwrap_or(false);
+    mouse.pressed = buttons.pressed(MouseButton::Left);
+    mouse.just_pressed = buttons.just_pressed(MouseButton::Left) && !over_ui;
+    mouse.just_released = buttons.just_released(MouseButton::Left);
 }
 
 fn spawn_shape(commands: &mut Commands, at: Vec2, color: [u8; 3], size: f32) {
@@ -218,11 +267,8 @@ struct Dragging {
     waiting_for_ownership: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn drag_shapes(
-    mouse: Res<ButtonInput<MouseButton>>,
-    script: Option<Res<VirtualMouse>>,
-    mut contexts: EguiContexts,
+    mouse: Res<VirtualMouse>,
     me: Res<LocalPresence>,
     local: Res<LocalPeer>,
     mut dragging: ResMut<Dragging>,
@@ -230,20 +276,8 @@ fn drag_shapes(
     mut requests: MessageWriter<RequestOwnership>,
     mut commits: MessageWriter<CommitTransient>,
 ) {
-    let (pressed, just_pressed, just_released) = match &script {
-        Some(m) => (m.pressed, m.just_pressed, m.just_released),
-        None => {
-            let over_ui = contexts
-                .ctx_mut()
-                .map(|c| c.egui_wants_pointer_input())
-                .unwrap_or(false);
-            (
-                mouse.pressed(MouseButton::Left),
-                mouse.just_pressed(MouseButton::Left) && !over_ui,
-                mouse.just_released(MouseButton::Left),
-            )
-        }
-    };
+    let (pressed, just_pressed, just_released) =
+        (mouse.pressed, mouse.just_pressed, mouse.just_released);
     let Some(at) = me.cursor else { return };
     if just_pressed {
         let hit = shapes
@@ -301,19 +335,15 @@ fn draw_shapes(mut commands: Commands, shapes: Query<(Entity, &Shape), Changed<S
 #[derive(Component)]
 struct CursorVisual;
 
-fn draw_remote_cursors(
-    mut commands: Commands,
-    peers: Query<
-        (
-            Entity,
-            Option<&PeerPresence>,
-            Option<&PeerCursor>,
-            Has<Away>,
-            Has<CursorVisual>,
-        ),
-        With<Peer>,
-    >,
-) {
+type RemoteCursor<'a> = (
+    Entity,
+    Option<&'a PeerPresence>,
+    Option<&'a PeerCursor>,
+    Has<Away>,
+    Has<CursorVisual>,
+);
+
+fn draw_remote_cursors(mut commands: Commands, peers: Query<RemoteCursor, With<Peer>>) {
     for (entity, presence, cursor, away, has_visual) in &peers {
         let at = cursor.and_then(|c| c.0);
         let (Some(presence), Some(at)) = (presence, at) else {
@@ -468,96 +498,114 @@ fn write_state(options: &Options, state: &str) {
     }
 }
 
+/// The scripted session's clock: started once the whole room is here.
 #[derive(Resource, Default)]
 struct ScriptClock {
-    frame: u32,
+    started: Option<f32>,
+    done: Vec<&'static str>,
 }
 
-/// The scripted session: deterministic per player index.
+impl ScriptClock {
+    /// Whether step `name` at `at` seconds is due now, the first time only.
+    fn due(&mut self, now: f32, at: f32, name: &'static str) -> bool {
+        if now >= at && !self.done.contains(&name) {
+            self.done.push(name);
+            return true;
+        }
+        false
+    }
+}
+
+/// The scripted session: the same steps at the same times (from when the full room
+/// is present) on every player, whatever its frame rate.
 #[allow(clippy::too_many_arguments)]
 fn run_script(
     mut commands: Commands,
+    time: Res<Time<Real>>,
     mut clock: ResMut<ScriptClock>,
     options: Res<Options>,
-    mouse: Option<ResMut<VirtualMouse>>,
+    mut mouse: ResMut<VirtualMouse>,
     doc: Res<SharedDoc>,
-    connection: Res<Connection>,
+    links: Query<&PeerLink>,
     shapes: Query<(&NetId, &Shape, &Transform)>,
     net: Res<NetEntities>,
     peers: Query<&PeerPresence>,
     mut exit: MessageWriter<AppExit>,
 ) {
-    let Some(mut mouse) = mouse else {
-        commands.insert_resource(VirtualMouse::default());
-        return;
+    let now = time.elapsed_secs();
+    let start = match clock.started {
+        Some(start) => start,
+        None => {
+            let here = links.iter().filter(|l| **l == PeerLink::Connected).count();
+            if here < options.expect_peers || (options.expect_peers == 0 && here == 0) {
+                return;
+            }
+            clock.started = Some(now);
+            now
+        }
     };
-    // Wait for the room before the clock starts: every player then plays the same beat.
-    if clock.frame == 0 && connection.state() != ConnectionState::Connected {
-        return;
-    }
-    clock.frame += 1;
-    let frame = clock.frame;
+    let t = now - start;
     let i = options.index as f32;
     mouse.just_pressed = false;
     mouse.just_released = false;
     let home = Vec2::new(-260.0 + 170.0 * i, 120.0 - 60.0 * i);
     // The cursor wanders on a small circle around the player's home.
-    let t = frame as f32 / 30.0;
-    mouse.at = Some(home + Vec2::new(40.0 * t.cos(), 40.0 * t.sin()));
-    match frame {
-        90 => {
-            let color = PALETTE[options.index % PALETTE.len()];
-            spawn_shape(&mut commands, home, color, 60.0);
-        }
-        150..=240 if options.index == 0 => {
-            // Player 1 grabs its shape in the middle and drags it across the board.
-            let progress = (frame - 150) as f32 / 90.0;
-            mouse.at = Some(home + Vec2::new(300.0 * progress, -200.0 * progress));
-            mouse.just_pressed = frame == 150;
-            mouse.pressed = frame < 240;
-            mouse.just_released = frame == 240;
-        }
-        260 => {
-            let text = doc.text("note");
-            let mut txn = doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(
-                &mut txn,
-                len,
-                &format!("hello from player {} ", options.index + 1),
-            );
-        }
-        420 => {
-            let path = options
-                .out
-                .join(format!("board-player{}.png", options.index + 1));
-            commands
-                .spawn(Screenshot::primary_window())
-                .observe(save_to_disk(path));
-        }
-        480 => {
-            let mut lines: Vec<String> = shapes
-                .iter()
-                .map(|(id, shape, transform)| {
-                    format!(
-                        "shape {id} color {:?} size {} at {:.0},{:.0}",
-                        shape.color, shape.size, transform.translation.x, transform.translation.y
-                    )
-                })
-                .collect();
-            lines.sort();
-            let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
-            names.sort();
-            // Concurrent appends merge in an order every peer agrees on.
-            lines.push(format!("note {:?}", doc.text_string("note")));
-            lines.push(format!("entities {}", net.len()));
-            let state = lines.join("\n") + "\n";
-            let peers_line = format!("sees {names:?}\n");
-            write_state(&options, &(state + &peers_line));
-        }
-        540 => {
-            exit.write(AppExit::Success);
-        }
-        _ => {}
+    mouse.at = Some(home + Vec2::new(40.0 * (2.0 * t).cos(), 40.0 * (2.0 * t).sin()));
+    if clock.due(t, 1.5, "spawn") {
+        let color = PALETTE[options.index % PALETTE.len()];
+        spawn_shape(&mut commands, home, color, 60.0);
+    }
+    if options.index == 0 && (2.5..4.0).contains(&t) {
+        // Player 1 grabs its shape in the middle and drags it across the board.
+        let progress = (t - 2.5) / 1.5;
+        mouse.at = Some(home + Vec2::new(300.0 * progress, -200.0 * progress));
+        mouse.just_pressed = clock.due(t, 2.5, "grab");
+        mouse.pressed = true;
+    } else if mouse.pressed {
+        mouse.pressed = false;
+        mouse.just_released = true;
+    }
+    if clock.due(t, 4.5, "type") {
+        let text = doc.text("note");
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(
+            &mut txn,
+            len,
+            &format!("hello from player {} ", options.index + 1),
+        );
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if !options.headless && clock.due(t, 7.0, "screenshot") {
+        let path = options
+            .out
+            .join(format!("board-player{}.png", options.index + 1));
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(path));
+    }
+    if clock.due(t, 8.0, "dump") {
+        let mut lines: Vec<String> = shapes
+            .iter()
+            .map(|(id, shape, transform)| {
+                format!(
+                    "shape {id} color {:?} size {} at {:.0},{:.0}",
+                    shape.color, shape.size, transform.translation.x, transform.translation.y
+                )
+            })
+            .collect();
+        lines.sort();
+        let mut names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        names.sort();
+        // Concurrent appends merge in an order every peer agrees on.
+        lines.push(format!("note {:?}", doc.text_string("note")));
+        lines.push(format!("entities {}", net.len()));
+        let state = lines.join("\n") + "\n";
+        let peers_line = format!("sees {names:?}\n");
+        write_state(&options, &(state + &peers_line));
+    }
+    // Stay a while, so slower players can still read this one's state before it goes.
+    if !cfg!(target_arch = "wasm32") && clock.due(t, 12.0, "exit") {
+        exit.write(AppExit::Success);
     }
 }

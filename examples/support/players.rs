@@ -57,8 +57,8 @@ pub fn player_index(args: &[String]) -> usize {
 }
 
 /// `--players N`: starts a signaling server on 127.0.0.1 and N copies of this
-/// example as player processes (`--room <url> --index i` added, `--players N`
-/// dropped), waits for them, and exits with failure if any failed.
+/// example as player processes (`--room <url> --index i --expect-peers N-1` added,
+/// `--players N` dropped), waits for them, and exits with failure if any failed.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn launch_players(players: usize, room: &str, args: &[String]) {
     let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0))
@@ -80,6 +80,7 @@ pub fn launch_players(players: usize, room: &str, args: &[String]) {
             std::process::Command::new(&exe)
                 .args(&passthrough)
                 .args(["--room", &url, "--index", &i.to_string()])
+                .args(["--expect-peers", &(players - 1).to_string()])
                 .spawn()
                 .expect("a player process starts")
         })
