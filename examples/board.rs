@@ -90,12 +90,7 @@ fn main() {
 fn web_query(name: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     {
-        let query = web_sys::window().and_then(|w| w.location().search().ok())?;
-        return query
-            .trim_start_matches('?')
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned);
+        return players::web_query(name);
     }
     #[allow(unreachable_code)]
     {
@@ -108,9 +103,7 @@ fn web_query(name: &str) -> Option<String> {
 fn web_query_has(name: &str) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
-        return web_sys::window()
-            .and_then(|w| w.location().search().ok())
-            .is_some_and(|q| q.trim_start_matches('?').split('&').any(|kv| kv == name));
+        return players::web_query_has(name);
     }
     #[allow(unreachable_code)]
     {

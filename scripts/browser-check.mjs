@@ -2,10 +2,14 @@
 // back through the page. Used by scripts/demo-browser.sh; prints one JSON line per tab.
 //
 //   node scripts/browser-check.mjs <page url> <signal port>
-import { chromium } from "playwright-core";
+import { createRequire } from "node:module";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+
+// playwright-core lives in $NODE_DIR (scripts/demo-browser.sh installs it there).
+const require = createRequire(`${process.env.NODE_DIR}/`);
+const { chromium } = require("playwright-core");
 
 const [url, signalPort] = process.argv.slice(2);
 const room = `ws://127.0.0.1:${signalPort}/board`;
@@ -37,6 +41,9 @@ const tabs = [];
 for (const index of [1, 2]) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`tab ${index}: ${e}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") console.error(`tab ${index} console: ${m.text()}`);
+  });
   await page.goto(`${url}?script&peers=2&index=${index}&room=${encodeURIComponent(room)}`);
   tabs.push({ index, page });
 }
@@ -44,7 +51,7 @@ for (const { index, page } of tabs) {
   await page.waitForFunction(
     () => (document.getElementById("board-state")?.textContent ?? "").includes("entities"),
     null,
-    { timeout: 180_000, polling: 500 },
+    { timeout: Number(process.env.TAB_TIMEOUT_MS ?? 180_000), polling: 500 },
   );
   const state = await page.evaluate(() => document.getElementById("board-state").textContent);
   console.log(JSON.stringify({ index, state }));

@@ -32,7 +32,7 @@ cargo build --locked --bin peer-sync-signal --features demo --example board
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 "$CARGO_TARGET_DIR/debug/peer-sync-signal" --port "$SIGNAL_PORT" & pids+=($!)
 python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$BUNDLE" >/dev/null 2>&1 & pids+=($!)
 sleep 1
@@ -40,8 +40,8 @@ sleep 1
 start=$SECONDS
 RUST_LOG=warn "$CARGO_TARGET_DIR/debug/examples/board" --headless --script --index 0 --expect-peers 2 \
   --room "ws://127.0.0.1:$SIGNAL_PORT/board" --out "$OUT" & native=$!
-OUT="$OUT" NODE_PATH="$NODE_DIR/node_modules" \
-  node --experimental-default-type=module scripts/browser-check.mjs \
+pids+=("$native")
+OUT="$OUT" NODE_DIR="$NODE_DIR" node scripts/browser-check.mjs \
   "http://127.0.0.1:$HTTP_PORT/" "$SIGNAL_PORT" > "$OUT/tabs.jsonl"
 wait "$native"
 echo "scripted browser run: $((SECONDS - start)) s"

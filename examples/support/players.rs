@@ -10,25 +10,34 @@ pub fn arg(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
+/// The value of `name` in the page's query string (`?room=...&index=1`), decoded.
+#[cfg(target_arch = "wasm32")]
+pub fn web_query(name: &str) -> Option<String> {
+    let search = web_sys::window()?.location().search().ok()?;
+    web_sys::UrlSearchParams::new_with_str(&search)
+        .ok()?
+        .get(name)
+}
+
+/// Whether the page's query string has `name` at all (`?script`).
+#[cfg(target_arch = "wasm32")]
+pub fn web_query_has(name: &str) -> bool {
+    web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .and_then(|q| web_sys::UrlSearchParams::new_with_str(&q).ok())
+        .is_some_and(|p| p.has(name))
+}
+
 /// The room to join when none is given: in the browser `?room=ws://...` or the
 /// serving host's port 3536, natively `ws://127.0.0.1:3536/<room>`.
 pub fn default_room(room: &str) -> String {
     #[cfg(target_arch = "wasm32")]
     {
-        let location = web_sys::window().map(|w| w.location());
-        let query = location
-            .as_ref()
-            .and_then(|l| l.search().ok())
-            .unwrap_or_default();
-        if let Some(url) = query
-            .trim_start_matches('?')
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("room="))
-        {
-            return url.to_owned();
+        if let Some(url) = web_query("room") {
+            return url;
         }
-        let host = location
-            .and_then(|l| l.hostname().ok())
+        let host = web_sys::window()
+            .and_then(|w| w.location().hostname().ok())
             .unwrap_or_else(|| "127.0.0.1".into());
         return format!("ws://{host}:3536/{room}");
     }
@@ -42,14 +51,7 @@ pub fn default_room(room: &str) -> String {
 pub fn player_index(args: &[String]) -> usize {
     #[cfg(target_arch = "wasm32")]
     {
-        let query = web_sys::window()
-            .and_then(|w| w.location().search().ok())
-            .unwrap_or_default();
-        if let Some(index) = query
-            .trim_start_matches('?')
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("index="))
-        {
+        if let Some(index) = web_query("index") {
             return index.parse().unwrap_or(0);
         }
     }

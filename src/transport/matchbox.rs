@@ -157,10 +157,8 @@ pub struct MatchboxTransport {
 
 impl Plugin for MatchboxTransportPlugin {
     fn build(&self, app: &mut App) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
+        // `SystemTime` panics in the browser; yrs' id generator works everywhere.
+        let seed = yrs::block::ClientID::random().get() | 1;
         app.init_resource::<TransportIo>()
             .insert_resource(SocketPlan {
                 config: self.config.clone(),
