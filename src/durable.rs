@@ -370,7 +370,12 @@ impl EntityDoc {
 
     /// Rebuilds the shadow from the main document (after a refused update).
     fn rebuild_shadow(&mut self) {
-        let state = self.synced.encode_state();
+        // The shadow mirrors the main document, pending updates included.
+        let state = self
+            .synced
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
         let shadow = Doc::new();
         let touched = observe_touches(&shadow);
         if let Ok(update) = Update::decode_v1(&state) {
