@@ -407,27 +407,19 @@ fn send_presence(
     let state_changed = sent.is_none_or(|s| {
         s.name != presence.name || s.color != presence.color || s.extras != presence.extras
     });
-    let mut state_to = if heartbeat || state_changed {
-        Some(Recipients::All)
-    } else {
-        None
+    // Newly joined peers get everything at once: one of them alone, several as all.
+    let new_peers: Vec<_> = joined.read().map(|j| j.peer).collect();
+    let to_new = match new_peers.as_slice() {
+        [] => None,
+        [peer] => Some(Recipients::Peer(*peer)),
+        _ => Some(Recipients::All),
     };
-    let mut cursor_to = if heartbeat || cursor_changed {
-        Some(Recipients::All)
-    } else {
-        None
-    };
-    for joined in joined.read() {
-        state_to.get_or_insert(Recipients::Peer(joined.peer));
-        cursor_to.get_or_insert(Recipients::Peer(joined.peer));
-        // More than one joined peer this frame: tell everyone.
-        if state_to != Some(Recipients::Peer(joined.peer)) {
-            state_to = Some(Recipients::All);
-        }
-        if cursor_to != Some(Recipients::Peer(joined.peer)) {
-            cursor_to = Some(Recipients::All);
-        }
-    }
+    let state_to = (heartbeat || state_changed)
+        .then_some(Recipients::All)
+        .or(to_new);
+    let cursor_to = (heartbeat || cursor_changed)
+        .then_some(Recipients::All)
+        .or(to_new);
     if let Some(to) = state_to {
         outbox.push(
             to,
