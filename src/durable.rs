@@ -46,6 +46,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use yrs::types::{Event, PathSegment};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 use yrs::{
     Any, DeepObservable, Doc, Map, MapPrelim, MapRef, Options, Out, ReadTxn, Transact,
     TransactionMut, Update,
@@ -370,16 +372,33 @@ impl EntityDoc {
 
     /// Rebuilds the shadow from the main document (after a refused update).
     fn rebuild_shadow(&mut self) {
-        // The shadow mirrors the main document, pending updates included.
-        let state = self
-            .synced
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&yrs::StateVector::default());
+        // The integrated state, then the main document's pending updates as they are
+        // (merging them into the state's encoding would put "skips" in the shadow's
+        // block store; see `shared_doc::leaves_hole`).
+        let mut updates = Vec::new();
+        {
+            let txn = self.synced.doc().transact();
+            updates.push(txn.encode_diff_v1(&yrs::StateVector::default()));
+            if let Some(pending) = txn.store().pending_update() {
+                updates.push(pending.update.encode_v1());
+            }
+            if let Some(pending) = txn.store().pending_ds() {
+                // An update with no blocks, only the delete set.
+                let mut encoder = yrs::updates::encoder::EncoderV1::new();
+                yrs::encoding::write::Write::write_var(&mut encoder, 0u32);
+                pending.encode(&mut encoder);
+                updates.push(yrs::updates::encoder::Encoder::to_vec(encoder));
+            }
+        }
         let shadow = Doc::new();
         let touched = observe_touches(&shadow);
-        if let Ok(update) = Update::decode_v1(&state) {
-            let _ = shadow.transact_mut_with(REMOTE_ORIGIN).apply_update(update);
+        {
+            let mut txn = shadow.transact_mut_with(REMOTE_ORIGIN);
+            for bytes in updates {
+                if let Ok(update) = Update::decode_v1(&bytes) {
+                    let _ = catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)));
+                }
+            }
         }
         std::mem::take(&mut *touched.lock().unwrap_or_else(PoisonError::into_inner));
         self.shadow = shadow;
@@ -392,17 +411,28 @@ impl EntityDoc {
     /// pending in yrs and would be integrated later by someone else's update, so it
     /// waits instead).
     fn apply_to_shadow(&self, bytes: &[u8]) -> (Touched, bool) {
+        let mut complete = false;
         if let Ok(update) = Update::decode_v1(bytes) {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let inserted = update.insertions(true);
+            let deleted = update.delete_set().clone();
+            let applied = catch_unwind(AssertUnwindSafe(|| {
                 self.shadow
                     .transact_mut_with(REMOTE_ORIGIN)
                     .apply_update(update)
             }));
-        }
-        let complete = {
+            // Complete when nothing of this update was left pending (what others left
+            // pending before, say a relayed update that can never integrate, does not
+            // hold back this one).
             let txn = self.shadow.transact();
-            txn.store().pending_update().is_none() && txn.store().pending_ds().is_none()
-        };
+            let store = txn.store();
+            complete = matches!(applied, Ok(Ok(())))
+                && store
+                    .pending_update()
+                    .is_none_or(|p| p.update.insertions(true).intersect(&inserted).is_empty())
+                && store
+                    .pending_ds()
+                    .is_none_or(|ds| ds.intersect(&deleted).is_empty());
+        }
         let touched = std::mem::take(
             &mut *self
                 .shadow_touched
@@ -1044,7 +1074,11 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
         // A catch-up that brings nothing new (the usual answer of a peer that was
         // already in step) is skipped: no re-read of the world for it.
         let known = doc.state_vector();
-        catch_up.retain(|update| update.extends(&known) || !update.delete_set().is_empty());
+        catch_up.retain(|update| {
+            update.extends(&known)
+                || !update.delete_set().is_empty()
+                || crate::shared_doc::leaves_hole(update, &known)
+        });
         if !catch_up.is_empty() {
             // y-sync catch-up: relayed state, applied as is (see the module docs), in
             // one transaction, without per-change tracking: everything is re-read.
@@ -1066,24 +1100,46 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
                 still_held.push_back(held);
                 continue;
             }
-            if doc.shadow_stale {
+            let Ok(update) = Update::decode_v1(&held.update) else {
+                continue;
+            };
+            // Out of order (an earlier update of its client has not arrived) or
+            // missing what it builds on: it waits, and the room is asked for the rest.
+            let mut missing_history = doc.synced.would_leave_hole(&update);
+            if !missing_history {
+                if doc.shadow_stale {
+                    doc.rebuild_shadow();
+                }
+                let (touched, complete) = doc.apply_to_shadow(&held.update);
+                let allowed = complete
+                    && held
+                        .replica
+                        .is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
+                if allowed {
+                    let waiting = doc.synced.waiting_updates();
+                    if let Err(error) = doc.synced.apply_remote(vec![update]) {
+                        error!("an update from `{}` failed to apply: {error}", held.from);
+                    }
+                    if doc.synced.waiting_updates() < waiting {
+                        // Catch-up that waited for this update went in with it.
+                        doc.shadow_stale = true;
+                        doc.everything_dirty = true;
+                    }
+                    continue;
+                }
+                missing_history = !complete;
                 doc.rebuild_shadow();
             }
-            let (touched, complete) = doc.apply_to_shadow(&held.update);
-            let allowed = complete
-                && held
-                    .replica
-                    .is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
-            if allowed {
-                if let Ok(update) = Update::decode_v1(&held.update)
-                    && let Err(error) = doc.synced.apply_remote(vec![update])
-                {
-                    error!("an update from `{}` failed to apply: {error}", held.from);
-                }
-                continue;
+            if missing_history {
+                doc.synced.note_gap();
             }
-            doc.rebuild_shadow();
-            if now.saturating_sub(held.since) >= config.hold_timeout {
+            if missing_history && now.saturating_sub(held.since) >= config.hold_timeout {
+                // Not a refusal: the sync that fills the hole brings this update again.
+                debug!(
+                    "dropped an entity update from peer `{}` still missing its history; the room's sync brings it",
+                    held.from
+                );
+            } else if now.saturating_sub(held.since) >= config.hold_timeout {
                 warn!(
                     "refused an entity update from peer `{}`: it writes entities that peer does not own",
                     held.from
@@ -1091,7 +1147,12 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
                 doc.refused += 1;
                 refused_from.push(held.from);
             } else {
-                blocked.insert(held.from);
+                // One waiting for ownership holds back the sender's later updates (they
+                // may build on it). One missing history does not need to: any later
+                // update of the same client continues past the same hole and waits too.
+                if !missing_history {
+                    blocked.insert(held.from);
+                }
                 still_held.push_back(held);
             }
         }

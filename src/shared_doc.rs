@@ -14,6 +14,12 @@
 //! - **Bad input** (an update that does not decode, or one over
 //!   [`DocLimits::max_update_size`]) is refused as a whole before it touches the
 //!   document, and counted on the sender's [`PeerStats`].
+//! - **Out-of-order updates wait.** An update that continues a client's history past
+//!   a part this peer has not seen yet (lost with a dropped link, say) is not given to
+//!   yrs, which would integrate it around a hole that later, larger blocks cannot
+//!   always fill without corrupting its block store. It waits until the hole is
+//!   filled, and the peer asks the room for the missing part (y-sync step 1, at most
+//!   every [`SYNC_RETRY`]).
 //!
 //! ```
 //! use bevy::prelude::*;
@@ -39,6 +45,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bevy::prelude::*;
 use bytes::Bytes;
@@ -60,6 +67,11 @@ use crate::wire::Message;
 
 /// Origin of transactions that apply remote updates.
 pub(crate) const REMOTE_ORIGIN: &str = "bevy_peer_sync/remote";
+/// How often a peer holding out-of-order updates asks the room for what it misses.
+pub const SYNC_RETRY: Duration = Duration::from_millis(500);
+/// Out-of-order updates kept per document; past that the oldest go (the sync that
+/// fills the hole brings them again).
+const MAX_WAITING: usize = 1024;
 
 /// Which document a `Doc` message is for (its first body byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +114,12 @@ pub struct SyncedDoc {
     doc: Doc,
     local_updates: Arc<Mutex<Vec<Vec<u8>>>>,
     updates: AtomicU64,
+    /// Remote updates that arrived before an earlier part of their client's history.
+    waiting: Mutex<Vec<Update>>,
+    /// A hole was seen since the room was last asked to fill it.
+    gap_seen: std::sync::atomic::AtomicBool,
+    /// When the room was last asked (y-sync step 1) for what this peer misses.
+    last_asked: Mutex<Option<Duration>>,
     /// Limits on what peers send for this document.
     pub limits: DocLimits,
 }
@@ -138,6 +156,9 @@ impl SyncedDoc {
             doc,
             local_updates,
             updates: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+            gap_seen: std::sync::atomic::AtomicBool::new(false),
+            last_asked: Mutex::new(None),
             limits: DocLimits::default(),
         }
     }
@@ -197,20 +218,84 @@ impl SyncedDoc {
     }
 
     /// Applies remote updates in one transaction. Each was decoded already.
+    ///
+    /// An update that would leave a hole in a client's history waits (see the
+    /// [module docs](self)) and is applied here, in a later call, once the hole is
+    /// filled; [`Self::wants_sync`] tells when to ask the room for the missing part.
     pub fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
-        if updates.is_empty() {
+        let mut waiting =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        if updates.is_empty() && waiting.is_empty() {
             return Ok(());
         }
-        self.updates
-            .fetch_add(updates.len() as u64, Ordering::Relaxed);
+        let had_waiting = !waiting.is_empty();
+        waiting.extend(updates);
+        let mut applied = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
-            for update in updates {
-                txn.apply_update(update).map_err(|e| e.to_string())?;
+            loop {
+                let known = txn.state_vector();
+                let (ready, held): (Vec<Update>, Vec<Update>) = waiting
+                    .drain(..)
+                    .partition(|update| !leaves_hole(update, &known));
+                waiting = held;
+                if ready.is_empty() {
+                    return Ok(());
+                }
+                for update in ready {
+                    applied += 1;
+                    txn.apply_update(update).map_err(|e| e.to_string())?;
+                }
             }
-            Ok(())
         }));
+        self.updates.fetch_add(applied, Ordering::Relaxed);
+        if waiting.len() > MAX_WAITING {
+            waiting.drain(..waiting.len() - MAX_WAITING);
+        }
+        if !waiting.is_empty() && !had_waiting {
+            self.gap_seen.store(true, Ordering::Relaxed);
+        }
+        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
         result.unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+    }
+
+    /// How many remote updates wait for an earlier part of their client's history.
+    pub fn waiting_updates(&self) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Notes that an update from a peer would have left a hole (checked by the
+    /// caller before applying it), so the room is asked for the missing part.
+    pub(crate) fn note_gap(&self) {
+        self.gap_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `update` would leave a hole in this document (see [`leaves_hole`]).
+    pub(crate) fn would_leave_hole(&self, update: &Update) -> bool {
+        leaves_hole(update, &self.state_vector())
+    }
+
+    /// Whether to ask the room now (y-sync step 1) for the missing part of a client's
+    /// history: updates wait for it, and the room was not asked in the last
+    /// [`SYNC_RETRY`]. `now` is real time.
+    pub(crate) fn wants_sync(&self, now: Duration) -> bool {
+        let gap = self.gap_seen.load(Ordering::Relaxed) || self.waiting_updates() > 0;
+        if !gap {
+            return false;
+        }
+        let mut last = self
+            .last_asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_sub(at) < SYNC_RETRY) {
+            return false;
+        }
+        *last = Some(now);
+        self.gap_seen.store(false, Ordering::Relaxed);
+        true
     }
 
     /// How many updates (local transactions and remote updates) went through this
@@ -223,6 +308,26 @@ impl SyncedDoc {
     pub fn diff_for(&self, remote: &StateVector) -> Vec<u8> {
         self.doc.transact().encode_diff_v1(remote)
     }
+}
+
+/// Whether applying `update` to a document at state `known` would continue some
+/// client's history past a part the document has not seen. yrs integrates such
+/// blocks around a "skip", and a later block that spans the skip's end (a merged
+/// run, or a garbage-collected range) then breaks its block store (a subtraction
+/// overflow in `BlockStore::push`) or is taken as already known.
+pub(crate) fn leaves_hole(update: &Update, known: &StateVector) -> bool {
+    update.insertions(true).iter().any(|(client, ranges)| {
+        let mut ranges: Vec<std::ops::Range<u32>> = ranges.iter().cloned().collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut reach = known.get(client);
+        for range in ranges {
+            if range.start > reach {
+                return true;
+            }
+            reach = reach.max(range.end);
+        }
+        false
+    })
 }
 
 /// Decodes a yrs update from a peer, refusing oversized or malformed ones whole.
@@ -327,7 +432,11 @@ pub(crate) fn plugin(app: &mut App) {
         .add_message::<SharedDocChanged>()
         .add_systems(
             PreUpdate,
-            (send_state_vectors, receive_doc_messages)
+            (
+                send_state_vectors,
+                ask_for_missing_history,
+                receive_doc_messages,
+            )
                 .chain()
                 .in_set(PeerSyncSystems::Apply),
         )
@@ -361,6 +470,35 @@ fn send_state_vectors(
                 ),
             );
         }
+    }
+}
+
+/// Asks the room (y-sync step 1) for what out-of-order updates wait for.
+fn ask_for_missing_history(
+    doc: Res<SharedDoc>,
+    entity_doc: Option<Res<crate::durable::EntityDoc>>,
+    mut outbox: ResMut<Outbox>,
+    time: Res<Time<Real>>,
+) {
+    let now = time.elapsed();
+    if doc.wants_sync(now) {
+        outbox.push(
+            Recipients::All,
+            Channel::Reliable,
+            encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())),
+        );
+    }
+    if let Some(entities) = &entity_doc
+        && entities.wants_sync(now)
+    {
+        outbox.push(
+            Recipients::All,
+            Channel::Reliable,
+            encode_sync(
+                DocId::Entities,
+                SyncMessage::SyncStep1(entities.state_vector()),
+            ),
+        );
     }
 }
 
@@ -469,7 +607,82 @@ fn send_local_updates(doc: Res<SharedDoc>, mut outbox: ResMut<Outbox>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::Text;
+    use yrs::{Map, MapPrelim, Options, Text};
+
+    fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Update {
+        let before = doc.transact().state_vector();
+        edit(&mut doc.transact_mut());
+        Update::decode_v1(&doc.transact().encode_diff_v1(&before)).unwrap()
+    }
+
+    /// An update that skips part of its client's history waits for it; the full
+    /// state, whose garbage-collected range spans the hole, then applies cleanly.
+    /// (Handed to yrs as they come, the out-of-order update leaves a "skip" in the
+    /// block store and the full state makes yrs panic in `BlockStore::push`.)
+    #[test]
+    fn out_of_order_updates_wait_for_the_hole() {
+        let author = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(7),
+            ..Options::default()
+        });
+        let root = author.get_or_insert_map("m");
+        let u0 = update_of(&author, |txn| {
+            root.insert(txn, "a", MapPrelim::default());
+        });
+        let inner = || match root.get(&author.transact(), "a") {
+            Some(yrs::Out::YMap(map)) => map,
+            _ => unreachable!(),
+        };
+        let (first, second) = (inner(), inner());
+        let _u1 = update_of(&author, |txn| {
+            first.insert(txn, "x", 1);
+        });
+        let u2 = update_of(&author, |txn| {
+            second.insert(txn, "y", 2);
+        });
+        // Deleting the map garbage-collects x and y into one range.
+        root.remove(&mut author.transact_mut(), "a");
+        let full =
+            Update::decode_v1(&author.transact().encode_diff_v1(&StateVector::default())).unwrap();
+
+        let reader = SyncedDoc::new(Doc::new());
+        reader.apply_remote(vec![u0]).unwrap();
+        reader.apply_remote(vec![u2]).unwrap();
+        assert_eq!(reader.waiting_updates(), 1, "u2 must wait for u1");
+        assert!(reader.wants_sync(Duration::ZERO));
+        assert!(
+            !reader.wants_sync(Duration::from_millis(10)),
+            "rate limited"
+        );
+        reader.apply_remote(vec![full]).unwrap();
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.state_vector(), author.transact().state_vector());
+        let reader_root = reader.doc().get_or_insert_map("m");
+        assert_eq!(reader_root.len(&reader.doc().transact()), 0);
+    }
+
+    #[test]
+    fn holes_are_found_per_client() {
+        let mut known = StateVector::default();
+        known.set_max(yrs::block::ClientID::new(1), 3);
+        let doc = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(1),
+            ..Options::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        let whole = update_of(&doc, |txn| text.insert(txn, 0, "abcdef"));
+        assert!(!leaves_hole(&whole, &known), "overlaps what is known");
+        let doc = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(1),
+            ..Options::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        let _ = update_of(&doc, |txn| text.insert(txn, 0, "abcd"));
+        let tail = update_of(&doc, |txn| text.insert(txn, 4, "ef"));
+        assert!(leaves_hole(&tail, &known), "starts at 4, known up to 3");
+        known.set_max(yrs::block::ClientID::new(1), 4);
+        assert!(!leaves_hole(&tail, &known));
+    }
 
     #[test]
     fn oversized_and_malformed_updates_are_refused() {

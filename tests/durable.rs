@@ -454,6 +454,54 @@ fn shared_text_merges_concurrent_typing() {
     let _ = doc.doc().transact().state_vector();
 }
 
+/// An update lost on the way (here: taken out of the outbox) leaves a hole in what
+/// the receiver knows of its author. The author's next update continues past the hole:
+/// it waits, the receiver asks for the missing part, and both converge without a
+/// reconnect.
+#[test]
+fn an_update_past_a_lost_one_waits_and_the_hole_is_filled_by_sync() {
+    let mut room = TestRoom::new(27);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    room.step_n(2);
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        doc.map("settings")
+            .insert(&mut doc.transact_mut(), "lost", 1);
+        assert!(doc.take_local_update().is_some(), "the edit never leaves");
+        doc.map("settings")
+            .insert(&mut doc.transact_mut(), "sent", 2);
+    }
+    room.step_n(2);
+    let keys = |room: &TestRoom, peer: usize| {
+        let doc = room.app(peer).world().resource::<SharedDoc>();
+        let settings = doc.map("settings");
+        let txn = doc.doc().transact();
+        let mut keys: Vec<String> = settings.keys(&txn).map(str::to_owned).collect();
+        keys.sort();
+        keys
+    };
+    assert!(
+        room.step_until(30, |room| keys(room, b) == ["lost", "sent"]),
+        "b has {:?}",
+        keys(&room, b)
+    );
+    let waiting = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .waiting_updates();
+    assert_eq!(waiting, 0);
+    let sv = |peer: usize| {
+        room.app(peer)
+            .world()
+            .resource::<SharedDoc>()
+            .state_vector()
+    };
+    assert_eq!(sv(a), sv(b));
+}
+
 #[test]
 fn malformed_and_oversized_document_updates_are_refused_without_harm() {
     use bevy_peer_sync::transport::Packet;
