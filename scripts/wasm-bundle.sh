@@ -55,7 +55,7 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $version\$"; then
   CARGO_TARGET_DIR="$HOME/.cache/wasm-bindgen-cli" cargo install -q wasm-bindgen-cli --version "$version"
 fi
 rm -rf "$OUT" && mkdir -p "$OUT"
-wasm-bindgen --target web --no-typescript --out-dir "$OUT" --out-name "$EXAMPLE" "$WASM"
+wasm-bindgen --target web --no-typescript --remove-name-section --out-dir "$OUT" --out-name "$EXAMPLE" "$WASM"
 
 cat > "$OUT/index.html" <<HTML
 <!doctype html>
@@ -63,6 +63,7 @@ cat > "$OUT/index.html" <<HTML
 <head>
   <meta charset="utf-8">
   <title>bevy_peer_sync · $EXAMPLE</title>
+  <link rel="icon" href="data:,">
   <style>
     html, body { margin: 0; height: 100%; background: #1f2128; }
     canvas { display: block; width: 100%; height: 100%; outline: none; }
