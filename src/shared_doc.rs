@@ -221,7 +221,7 @@ impl SyncedDoc {
     ///
     /// An update that would leave a hole in a client's history waits (see the
     /// [module docs](self)) and is applied here, in a later call, once the hole is
-    /// filled; [`Self::wants_sync`] tells when to ask the room for the missing part.
+    /// filled, and the plugin asks the room for the missing part.
     pub fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
         let mut waiting =
             std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
