@@ -116,7 +116,8 @@ pub struct SyncedDoc {
     updates: AtomicU64,
     /// Remote updates that arrived before an earlier part of their client's history.
     waiting: Mutex<Vec<Update>>,
-    /// A hole was seen since the room was last asked to fill it.
+    /// A live update was held for a hole (outside `waiting`) since the room was last
+    /// asked to fill it.
     gap_seen: std::sync::atomic::AtomicBool,
     /// When the room was last asked (y-sync step 1) for what this peer misses.
     last_asked: Mutex<Option<Duration>>,
@@ -228,7 +229,6 @@ impl SyncedDoc {
         if updates.is_empty() && waiting.is_empty() {
             return Ok(());
         }
-        let had_waiting = !waiting.is_empty();
         waiting.extend(updates);
         let mut applied = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -251,9 +251,6 @@ impl SyncedDoc {
         self.updates.fetch_add(applied, Ordering::Relaxed);
         if waiting.len() > MAX_WAITING {
             waiting.drain(..waiting.len() - MAX_WAITING);
-        }
-        if !waiting.is_empty() && !had_waiting {
-            self.gap_seen.store(true, Ordering::Relaxed);
         }
         *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
         result.unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
@@ -342,6 +339,11 @@ pub(crate) fn encode_sync(doc: DocId, message: SyncMessage) -> Message {
     let mut body = vec![doc as u8];
     body.extend_from_slice(&YMessage::Sync(message).encode_v1());
     Message::Doc(Bytes::from(body))
+}
+
+/// Step 1 of y-sync (this document's state vector) for document `doc`.
+fn step1(doc: DocId, synced: &SyncedDoc) -> Message {
+    encode_sync(doc, SyncMessage::SyncStep1(synced.state_vector()))
 }
 
 /// Splits a `Doc` wire body into its document and y-sync message.
@@ -451,20 +453,9 @@ fn send_state_vectors(
 ) {
     for joined in joined.read() {
         let to = Recipients::Peer(joined.peer);
-        outbox.push(
-            to,
-            Channel::Reliable,
-            encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())),
-        );
+        outbox.push(to, Channel::Reliable, step1(DocId::Room, &doc));
         if let Some(entities) = &entities {
-            outbox.push(
-                to,
-                Channel::Reliable,
-                encode_sync(
-                    DocId::Entities,
-                    SyncMessage::SyncStep1(entities.state_vector()),
-                ),
-            );
+            outbox.push(to, Channel::Reliable, step1(DocId::Entities, entities));
         }
     }
 }
@@ -478,11 +469,7 @@ fn ask_for_missing_history(
 ) {
     let now = time.elapsed();
     if doc.wants_sync(now) {
-        outbox.push(
-            Recipients::All,
-            Channel::Reliable,
-            encode_sync(DocId::Room, SyncMessage::SyncStep1(doc.state_vector())),
-        );
+        outbox.push(Recipients::All, Channel::Reliable, step1(DocId::Room, &doc));
     }
     if let Some(entities) = &entity_doc
         && entities.wants_sync(now)
@@ -490,10 +477,7 @@ fn ask_for_missing_history(
         outbox.push(
             Recipients::All,
             Channel::Reliable,
-            encode_sync(
-                DocId::Entities,
-                SyncMessage::SyncStep1(entities.state_vector()),
-            ),
+            step1(DocId::Entities, entities),
         );
     }
 }
