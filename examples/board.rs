@@ -119,10 +119,21 @@ fn run_player(room: &str, options: Options) {
     if options.headless {
         // A peer with no window (`--headless --script`): the browser check's native
         // player, on machines without a display.
-        app.add_plugins(MinimalPlugins)
-            .add_plugins(bevy::log::LogPlugin::default());
+        // At 60 Hz, like a windowed player: a busy loop would take a whole core from
+        // the browser tabs sharing the machine.
+        app.add_plugins(
+            MinimalPlugins.set(bevy::app::ScheduleRunnerPlugin::run_loop(
+                std::time::Duration::from_secs_f64(1.0 / 60.0),
+            )),
+        )
+        .add_plugins(bevy::log::LogPlugin::default());
     } else {
-        app.add_plugins(DefaultPlugins.set(WindowPlugin {
+        // In the browser `?log=bevy_peer_sync=debug` adds to the log filter.
+        let mut log = bevy::log::LogPlugin::default();
+        if let Some(filter) = web_query("log") {
+            log.filter = format!("{},{filter}", log.filter);
+        }
+        app.add_plugins(DefaultPlugins.set(log).set(WindowPlugin {
             primary_window: Some(Window {
                 title: format!("bevy_peer_sync board · player {}", index + 1),
                 resolution: WindowResolution::new(WIDTH, HEIGHT),
@@ -496,6 +507,8 @@ fn write_state(options: &Options, state: &str) {
 struct ScriptClock {
     started: Option<f32>,
     done: Vec<&'static str>,
+    /// When this player wrote its view of the board.
+    dumped: Option<f32>,
 }
 
 impl ScriptClock {
@@ -577,7 +590,16 @@ fn run_script(
             .spawn(Screenshot::primary_window())
             .observe(save_to_disk(path));
     }
-    if clock.due(t, 8.0, "dump") {
+    // The view is written once every player's shape and line are here (from 8 s, when
+    // the drag has long been committed), or at 30 s whatever it holds: the check
+    // compares what each saw, and slow players (software-rendered browser tabs) must
+    // not make it a race.
+    let players = options.expect_peers + 1;
+    let complete = t >= 8.0
+        && shapes.iter().count() == players
+        && doc.text_string("note").matches("hello from player").count() == players;
+    if (complete || t >= 30.0) && clock.due(t, 8.0, "dump") {
+        clock.dumped = Some(t);
         let mut lines: Vec<String> = shapes
             .iter()
             .map(|(id, shape, transform)| {
@@ -598,7 +620,10 @@ fn run_script(
         write_state(&options, &(state + &peers_line));
     }
     // Stay a while, so slower players can still read this one's state before it goes.
-    if !cfg!(target_arch = "wasm32") && clock.due(t, 12.0, "exit") {
+    if !cfg!(target_arch = "wasm32")
+        && let Some(dumped) = clock.dumped
+        && clock.due(t, dumped + 4.0, "exit")
+    {
         exit.write(AppExit::Success);
     }
 }

@@ -2,6 +2,7 @@
 // back through the page. Used by scripts/demo-browser.sh; prints one JSON line per tab.
 //
 //   node scripts/browser-check.mjs <page url> <signal port> [peers each tab waits for]
+import fs from "node:fs";
 import { createRequire } from "node:module";
 
 // playwright-core lives in $NODE_DIR (scripts/demo-browser.sh installs it there).
@@ -70,15 +71,20 @@ for (const index of [1, 2]) {
     window.RTCPeerConnection.prototype = Native.prototype;
   });
   const log = [];
+  const logFile = `${process.env.OUT ?? "."}/tab${index}.console.txt`;
+  fs.writeFileSync(logFile, "");
   page.on("pageerror", (e) => console.error(`tab ${index}: ${e}`));
   page.on("console", (m) => {
+    fs.appendFileSync(logFile, `${m.type()}: ${m.text()}\n`);
     log.push(`${m.type()}: ${m.text()}`);
     if (log.length > 60) log.shift();
     if (m.type() === "error" || m.type() === "warning") {
       console.error(`tab ${index} console: ${m.text()}`);
     }
   });
-  await page.goto(`${url}?script&peers=${peers}&index=${index}&room=${encodeURIComponent(room)}`);
+  // TAB_LOG=bevy_peer_sync=debug adds to the tabs' log filter (all lines land in tabN.console.txt).
+  const extra = process.env.TAB_LOG ? `&log=${encodeURIComponent(process.env.TAB_LOG)}` : "";
+  await page.goto(`${url}?script&peers=${peers}&index=${index}&room=${encodeURIComponent(room)}${extra}`);
   tabs.push({ index, page, log });
 }
 for (const { index, page } of tabs) {

@@ -21,7 +21,7 @@ if ! command -v Xvfb >/dev/null && [ "$(id -u)" = 0 ]; then
     || { apt-get update -qq >/dev/null && apt-get install -y -qq xvfb mesa-vulkan-drivers libvulkan1 >/dev/null; }
 fi
 
-cargo build --locked --features demo --example board
+cargo build --locked --profile demo --features demo --example board
 
 XVFB_PID=
 if [ -z "${DISPLAY:-}" ]; then
@@ -34,7 +34,7 @@ fi
 
 start=$SECONDS
 RUST_LOG="${RUST_LOG:-warn,bevy_peer_sync=info}" timeout 240 \
-  "$CARGO_TARGET_DIR/debug/examples/board" --players 3 --script --out "$OUT"
+  "$CARGO_TARGET_DIR/demo/examples/board" --players 3 --script --out "$OUT"
 echo "scripted native run: $((SECONDS - start)) s"
 
 fail() { echo "demo-native: $*" >&2; exit 1; }

@@ -336,7 +336,11 @@ impl Plugin for PeerSyncPlugin {
             )
             .add_systems(
                 PostUpdate,
-                (session::queue_pings, session::send_packets)
+                (
+                    session::repeat_hellos,
+                    session::queue_pings,
+                    session::send_packets,
+                )
                     .chain()
                     .in_set(PeerSyncSystems::Send),
             );

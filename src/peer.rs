@@ -3,7 +3,9 @@
 //! Every remote peer with an open link has an entity carrying [`Peer`],
 //! [`PeerLink`] and [`PeerStats`](crate::stats::PeerStats). The entity appears when the link opens
 //! ([`PeerLink::Handshaking`]), becomes [`PeerLink::Connected`] once both sides agree on
-//! the protocol and the registered sync types (then [`PeerJoined`] is written), and is
+//! the protocol and the registered sync types and each knows the other has its hello
+//! (then [`PeerJoined`] is written; hellos are repeated until then, since the first
+//! datagrams of a data channel can be lost), and is
 //! despawned when the link closes (then [`PeerLeft`] is written). A peer whose
 //! handshake does not match stays [`PeerLink::Rejected`] until it leaves, and all its
 //! traffic is dropped.
@@ -74,7 +76,7 @@ pub struct Peer {
 /// Where the link to a remote peer stands.
 #[derive(Component, Debug, Clone, PartialEq, Eq, Default)]
 pub enum PeerLink {
-    /// Data channels are open; waiting for the peer's hello.
+    /// Data channels are open; hellos are being exchanged.
     #[default]
     Handshaking,
     /// Handshake done; state flows both ways.

@@ -129,6 +129,7 @@ pub(crate) struct Inbound {
     pings: VecDeque<(u32, Duration)>,
     /// Whether each of the last pings was answered (true) or timed out.
     ping_outcomes: VecDeque<bool>,
+    handshake: Handshake,
 }
 
 impl Inbound {
@@ -142,13 +143,51 @@ impl Inbound {
     }
 }
 
+/// The first wait before a hello is repeated; it doubles up to [`HELLO_RETRY_MAX`].
+const HELLO_RETRY: Duration = Duration::from_millis(200);
+const HELLO_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The handshake with one peer: a three-way exchange of hellos.
+///
+/// A link is [`PeerLink::Connected`] (and [`PeerJoined`] is written) once this side
+/// has the peer's hello *and* knows the peer has ours, so neither side sends anything
+/// the other would drop as "before the handshake". The first datagrams of a data
+/// channel are not guaranteed: webrtc-rs drops data that arrives before its
+/// negotiated channels are open (Chromium sends that early), and a backend can hand
+/// over a peer's data before it reports the link. So a side that does not know its
+/// hello arrived repeats it, with backoff, asking for an answer
+/// ([`Hello::waiting`]); the answer says [`Hello::heard`].
+#[derive(Debug, Default)]
+struct Handshake {
+    /// The peer's replica, once its hello was taken.
+    theirs: Option<ReplicaId>,
+    /// The peer has shown it has our hello.
+    ours_heard: bool,
+    last_sent: Duration,
+    retry: Duration,
+}
+
+impl Handshake {
+    fn sent(&mut self, now: Duration) {
+        self.last_sent = now;
+        self.retry = if self.retry.is_zero() {
+            HELLO_RETRY
+        } else {
+            (self.retry * 2).min(HELLO_RETRY_MAX)
+        };
+    }
+
+    fn due(&self, now: Duration) -> bool {
+        !self.ours_heard && now >= self.last_sent + self.retry
+    }
+}
+
 /// Opens and closes peer entities as the backend reports links.
 pub(crate) fn handle_link_events(
     mut commands: Commands,
     mut io: ResMut<TransportIo>,
     mut local: ResMut<LocalPeer>,
     mut peers: ResMut<Peers>,
-    registry: Res<SyncRegistry>,
     links: Query<(&PeerLink, Option<&PeerReplica>)>,
     mut left: MessageWriter<PeerLeft>,
 ) {
@@ -171,10 +210,11 @@ pub(crate) fn handle_link_events(
                 if peers.entity(peer).is_some() {
                     continue;
                 }
+                // Our hello leaves this frame, from `repeat_hellos` (or as the answer
+                // to theirs, should it be here already).
                 let entity = commands.spawn((Peer { id: peer }, Inbound::default())).id();
                 peers.insert(peer, entity);
-                debug!("link to peer `{peer}` open, sending hello");
-                send_hello(&mut io, &registry, local.replica(), peer);
+                debug!("link to peer `{peer}` open");
             }
             LinkEvent::Disconnected(peer) => {
                 let Some(entity) = peers.remove(peer) else {
@@ -196,13 +236,23 @@ pub(crate) fn handle_link_events(
     }
 }
 
-fn send_hello(io: &mut TransportIo, registry: &SyncRegistry, replica: ReplicaId, peer: PeerId) {
+/// Sends our hello to `peer` (see [`Handshake`]).
+fn send_hello(
+    io: &mut TransportIo,
+    registry: &SyncRegistry,
+    replica: ReplicaId,
+    peer: PeerId,
+    heard: bool,
+    waiting: bool,
+) {
     let schema = registry.schema_strings();
     let hello = Message::Hello(Hello {
         crate_version: env!("CARGO_PKG_VERSION").to_owned(),
         replica: replica.0,
         schema_hash: crate::registry::schema_hash(&schema),
         schema,
+        heard,
+        waiting,
     });
     // A hello is small and fixed; fragment it anyway should a huge schema need it.
     let frame = wire::encode(&hello).expect("a hello always encodes");
@@ -272,32 +322,64 @@ pub(crate) fn receive_packets(
             }
         };
         let from = packet.peer;
-        match message {
-            Message::Hello(hello) => {
-                if *link != PeerLink::Handshaking {
-                    stats.count_drop(DropReason::Stale);
-                    continue;
-                }
+        let now = time.elapsed();
+        let is_hello = matches!(message, Message::Hello(_));
+        if let Message::Hello(hello) = &message {
+            let handshake = &mut inbound.handshake;
+            if handshake.theirs.is_none() {
                 let same_replica = (hello.replica == local.replica().0)
                     .then_some(RejectReason::SameReplica(local.replica()));
-                match same_replica.map_or_else(|| check_hello(&registry, &hello), Err) {
-                    Ok(()) => {
-                        debug!(
-                            "peer `{from}` (bevy_peer_sync `{}`) joined",
-                            hello.crate_version
-                        );
-                        *link = PeerLink::Connected;
-                        let replica = ReplicaId(hello.replica);
-                        commands.entity(entity).insert(PeerReplica(replica));
-                        joined.write(PeerJoined {
-                            peer: from,
-                            replica,
-                            entity,
-                        });
+                if let Err(reason) = same_replica.map_or_else(|| check_hello(&registry, hello), Err)
+                {
+                    reject(from, &mut link, reason, &mut rejected);
+                    if hello.waiting {
+                        // Ours, once, so that they can tell why too.
+                        send_hello(&mut io, &registry, local.replica(), from, false, false);
                     }
-                    Err(reason) => reject(from, &mut link, reason, &mut rejected),
+                    continue;
                 }
+                debug!(
+                    "hello from peer `{from}` (bevy_peer_sync `{}`)",
+                    hello.crate_version
+                );
+                handshake.theirs = Some(ReplicaId(hello.replica));
             }
+            handshake.ours_heard |= hello.heard;
+            if hello.waiting {
+                send_hello(
+                    &mut io,
+                    &registry,
+                    local.replica(),
+                    from,
+                    true,
+                    !handshake.ours_heard,
+                );
+                handshake.sent(now);
+            }
+        } else if *link == PeerLink::Handshaking && inbound.handshake.theirs.is_some() {
+            // Peers send anything but hellos only once connected, which they are only
+            // once they know we have theirs and they have ours: our answer to their
+            // hello was lost or is still on its way.
+            inbound.handshake.ours_heard = true;
+        }
+        if *link == PeerLink::Handshaking
+            && inbound.handshake.ours_heard
+            && let Some(replica) = inbound.handshake.theirs
+        {
+            debug!("peer `{from}` joined");
+            *link = PeerLink::Connected;
+            commands.entity(entity).insert(PeerReplica(replica));
+            joined.write(PeerJoined {
+                peer: from,
+                replica,
+                entity,
+            });
+        }
+        if is_hello {
+            continue;
+        }
+        match message {
+            Message::Hello(_) => {}
             other if *link != PeerLink::Connected => {
                 debug!(
                     "dropped `{:?}` from peer `{from}`: handshake not finished",
@@ -386,6 +468,28 @@ fn reject(
     warn!("refusing peer `{peer}`: {reason}");
     *link = PeerLink::Rejected(reason.clone());
     rejected.write(PeerRejected { peer, reason });
+}
+
+/// Sends our hello to new peers, and again to peers not known to have it (see
+/// [`Handshake`]).
+pub(crate) fn repeat_hellos(
+    time: Res<Time<Real>>,
+    mut io: ResMut<TransportIo>,
+    registry: Res<SyncRegistry>,
+    local: Res<LocalPeer>,
+    mut peers: Query<(&Peer, &PeerLink, &mut Inbound)>,
+) {
+    let now = time.elapsed();
+    for (peer, link, mut inbound) in &mut peers {
+        let handshake = &mut inbound.handshake;
+        if matches!(link, PeerLink::Rejected(_)) || !handshake.due(now) {
+            continue;
+        }
+        debug!("hello to peer `{}`", peer.id);
+        let heard = handshake.theirs.is_some();
+        send_hello(&mut io, &registry, local.replica(), peer.id, heard, true);
+        handshake.sent(now);
+    }
 }
 
 /// Sends pings to connected peers when they are due.

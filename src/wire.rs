@@ -29,7 +29,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of header in front of every body.
 pub const HEADER_SIZE: usize = 2;
@@ -129,6 +129,12 @@ pub struct Hello {
     pub schema_hash: u64,
     /// The sender's registered sync types, in registration order (`"name:route"`).
     pub schema: Vec<String>,
+    /// The sender has received the recipient's hello.
+    pub heard: bool,
+    /// The sender does not know yet that the recipient has its hello: answer with a
+    /// hello that has `heard` set. A side repeats its hello until it knows (see
+    /// `session`): the first datagrams of a data channel can be lost.
+    pub waiting: bool,
 }
 
 /// Limits on a [`Hello`] from a peer.
@@ -461,6 +467,8 @@ mod tests {
                 replica: 5,
                 schema_hash: 42,
                 schema: vec!["a:durable".into()],
+                heard: false,
+                waiting: true,
             }),
             Message::Payload(Bytes::from_static(b"hi")),
             Message::Ping(7),

@@ -109,6 +109,8 @@ struct Net {
     members: BTreeMap<PeerId, Member>,
     default_conditioner: LinkConditioner,
     conditioners: BTreeMap<(PeerId, PeerId), LinkConditioner>,
+    /// Datagrams still to lose at the start of a direction, whatever their channel.
+    lose_next: BTreeMap<(PeerId, PeerId), u32>,
     cut: BTreeSet<(PeerId, PeerId)>,
     stats: NetworkStats,
 }
@@ -156,6 +158,13 @@ impl Net {
         let to = packet.peer;
         if !self.linked(from, to) {
             self.stats.unroutable += 1;
+            return;
+        }
+        if let Some(count) = self.lose_next.get_mut(&(from, to))
+            && *count > 0
+        {
+            *count -= 1;
+            self.stats.lost += 1;
             return;
         }
         let conditioner = self
@@ -246,6 +255,7 @@ impl MemoryNetwork {
                 members: BTreeMap::new(),
                 default_conditioner: LinkConditioner::PERFECT,
                 conditioners: BTreeMap::new(),
+                lose_next: BTreeMap::new(),
                 cut: BTreeSet::new(),
                 stats: NetworkStats::default(),
             })),
@@ -274,6 +284,15 @@ impl MemoryNetwork {
     /// The conditioner of the direction `from` → `to`.
     pub fn set_conditioner(&self, from: PeerId, to: PeerId, conditioner: LinkConditioner) {
         self.lock().conditioners.insert((from, to), conditioner);
+    }
+
+    /// Loses the next `count` datagrams from `from` to `to`, on either channel.
+    ///
+    /// The reliable channel is otherwise lossless here. Real data channels are not,
+    /// at their very start: webrtc-rs drops data that arrives before its negotiated
+    /// channels are open. This reproduces that.
+    pub fn lose_next(&self, from: PeerId, to: PeerId, count: u32) {
+        self.lock().lose_next.insert((from, to), count);
     }
 
     /// Adds a peer; it links to every present peer. Returns its id.
