@@ -9,6 +9,10 @@
 //! screens). Touch a coin to take it: you ask its owner for it, and once it is yours
 //! you remove it and your `Score` (a durable component) goes up. Everyone sees the
 //! same scoreboard; a player who joins late gets it from the document.
+//!
+//! `--script --out DIR` (with `--players N`): every avatar walks a circle by itself
+//! once the room is full; each player saves a screenshot to `DIR` after 6 s and
+//! quits after 8 s.
 
 use bevy::prelude::*;
 use bevy::window::{WindowPosition, WindowResolution};
@@ -50,6 +54,16 @@ struct Me(Entity);
 #[derive(Resource)]
 struct Index(usize);
 
+/// `--script`: where to save the screenshot, how many peers to wait for, and when
+/// the room was full.
+#[derive(Resource)]
+struct Script {
+    out: std::path::PathBuf,
+    expect_peers: usize,
+    started: Option<f32>,
+    shot: bool,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     #[cfg(not(target_arch = "wasm32"))]
@@ -59,32 +73,41 @@ fn main() {
     }
     let room = arg(&args, "--room").unwrap_or_else(|| players::default_room("arena"));
     let index = players::player_index(&args);
-    App::new()
-        .add_plugins(DefaultPlugins.set(WindowPlugin {
-            primary_window: Some(Window {
-                title: format!("bevy_peer_sync arena · player {}", index + 1),
-                resolution: WindowResolution::new(640, 480),
-                position: WindowPosition::At(players::window_offset(index)),
-                canvas: Some("#arena".into()),
-                fit_canvas_to_parent: true,
-                ..default()
-            }),
-            ..default()
-        }))
-        .insert_resource(ClearColor(Color::srgb(0.1, 0.1, 0.12)))
-        .add_plugins(PeerSyncPlugin::new(room))
-        .add_plugins(PeerSyncOverlayPlugin { collapsed: true })
-        .sync_component::<Avatar>(Route::Durable)
-        .sync_component::<Score>(Route::Durable)
-        .sync_component::<Coin>(Route::Durable)
-        .sync_transform(TransformEncoding::Quantized {
-            position_precision: 0.01,
+    let mut app = App::new();
+    if args.iter().any(|a| a == "--script") {
+        app.insert_resource(Script {
+            out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
+            expect_peers: arg(&args, "--expect-peers").map_or(0, |n| n.parse().unwrap_or(0)),
+            started: None,
+            shot: false,
         })
-        .smooth_component::<Transform>(SmoothingConfig::default())
-        .insert_resource(Index(index))
-        .add_systems(Startup, setup)
-        .add_systems(Update, (move_avatar, take_coins, draw, scoreboard))
-        .run();
+        .add_systems(Update, run_script.before(move_avatar));
+    }
+    app.add_plugins(DefaultPlugins.set(WindowPlugin {
+        primary_window: Some(Window {
+            title: format!("bevy_peer_sync arena · player {}", index + 1),
+            resolution: WindowResolution::new(640, 480),
+            position: WindowPosition::At(players::window_offset(index)),
+            canvas: Some("#arena".into()),
+            fit_canvas_to_parent: true,
+            ..default()
+        }),
+        ..default()
+    }))
+    .insert_resource(ClearColor(Color::srgb(0.1, 0.1, 0.12)))
+    .add_plugins(PeerSyncPlugin::new(room))
+    .add_plugins(PeerSyncOverlayPlugin { collapsed: true })
+    .sync_component::<Avatar>(Route::Durable)
+    .sync_component::<Score>(Route::Durable)
+    .sync_component::<Coin>(Route::Durable)
+    .sync_transform(TransformEncoding::Quantized {
+        position_precision: 0.01,
+    })
+    .smooth_component::<Transform>(SmoothingConfig::default())
+    .insert_resource(Index(index))
+    .add_systems(Startup, setup)
+    .add_systems(Update, (move_avatar, take_coins, draw, scoreboard))
+    .run();
 }
 
 fn setup(mut commands: Commands, index: Res<Index>) {
@@ -115,6 +138,47 @@ fn setup(mut commands: Commands, index: Res<Index>) {
         Transform::from_xyz(-310.0, 230.0, 5.0),
         Scoreboard,
     ));
+}
+
+/// `--script`: walks the avatar on a circle once the room is full, then takes a
+/// screenshot and quits.
+fn run_script(
+    mut commands: Commands,
+    time: Res<Time<Real>>,
+    mut script: ResMut<Script>,
+    index: Res<Index>,
+    me: Res<Me>,
+    links: Query<&PeerLink>,
+    mut transforms: Query<&mut Transform>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let now = time.elapsed_secs();
+    let start = match script.started {
+        Some(start) => start,
+        None => {
+            let here = links.iter().filter(|l| **l == PeerLink::Connected).count();
+            if here < script.expect_peers {
+                return;
+            }
+            *script.started.insert(now)
+        }
+    };
+    let t = now - start;
+    let phase = index.0 as f32 * 2.1 + 0.9 * t;
+    if let Ok(mut transform) = transforms.get_mut(me.0) {
+        let centre = Vec2::new(-120.0 + 120.0 * index.0 as f32, 0.0);
+        transform.translation = (centre + 110.0 * Vec2::new(phase.cos(), phase.sin())).extend(1.0);
+    }
+    if t >= 6.0 && !script.shot {
+        script.shot = true;
+        let path = script.out.join(format!("arena-player{}.png", index.0 + 1));
+        commands
+            .spawn(bevy::render::view::screenshot::Screenshot::primary_window())
+            .observe(bevy::render::view::screenshot::save_to_disk(path));
+    }
+    if t >= 8.0 {
+        exit.write(AppExit::Success);
+    }
 }
 
 fn move_avatar(
