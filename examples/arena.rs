@@ -58,6 +58,7 @@ struct Index(usize);
 /// the room was full.
 #[derive(Resource)]
 struct Script {
+    index: usize,
     out: std::path::PathBuf,
     expect_peers: usize,
     started: Option<f32>,
@@ -76,6 +77,7 @@ fn main() {
     let mut app = App::new();
     if args.iter().any(|a| a == "--script") {
         app.insert_resource(Script {
+            index,
             out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
             expect_peers: arg(&args, "--expect-peers").map_or(0, |n| n.parse().unwrap_or(0)),
             started: None,
@@ -146,7 +148,6 @@ fn run_script(
     mut commands: Commands,
     time: Res<Time<Real>>,
     mut script: ResMut<Script>,
-    index: Res<Index>,
     me: Res<Me>,
     links: Query<&PeerLink>,
     mut transforms: Query<&mut Transform>,
@@ -164,14 +165,15 @@ fn run_script(
         }
     };
     let t = now - start;
-    let phase = index.0 as f32 * 2.1 + 0.9 * t;
+    let index = script.index;
+    let phase = index as f32 * 2.1 + 0.9 * t;
     if let Ok(mut transform) = transforms.get_mut(me.0) {
-        let centre = Vec2::new(-120.0 + 120.0 * index.0 as f32, 0.0);
+        let centre = Vec2::new(-120.0 + 120.0 * index as f32, 0.0);
         transform.translation = (centre + 110.0 * Vec2::new(phase.cos(), phase.sin())).extend(1.0);
     }
     if t >= 6.0 && !script.shot {
         script.shot = true;
-        let path = script.out.join(format!("arena-player{}.png", index.0 + 1));
+        let path = script.out.join(format!("arena-player{}.png", index + 1));
         commands
             .spawn(bevy::render::view::screenshot::Screenshot::primary_window())
             .observe(bevy::render::view::screenshot::save_to_disk(path));
