@@ -1133,27 +1133,30 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             if missing_history {
                 doc.synced.note_gap();
             }
-            if missing_history && now.saturating_sub(held.since) >= config.hold_timeout {
-                // Not a refusal: the sync that fills the hole brings this update again.
-                debug!(
+            let expired = now.saturating_sub(held.since) >= config.hold_timeout;
+            match (expired, missing_history) {
+                (true, true) => debug!(
+                    // Not a refusal: the sync that fills the hole brings it again.
                     "dropped an entity update from peer `{}` still missing its history; the room's sync brings it",
                     held.from
-                );
-            } else if now.saturating_sub(held.since) >= config.hold_timeout {
-                warn!(
-                    "refused an entity update from peer `{}`: it writes entities that peer does not own",
-                    held.from
-                );
-                doc.refused += 1;
-                refused_from.push(held.from);
-            } else {
-                // One waiting for ownership holds back the sender's later updates (they
-                // may build on it). One missing history does not need to: any later
-                // update of the same client continues past the same hole and waits too.
-                if !missing_history {
-                    blocked.insert(held.from);
+                ),
+                (true, false) => {
+                    warn!(
+                        "refused an entity update from peer `{}`: it writes entities that peer does not own",
+                        held.from
+                    );
+                    doc.refused += 1;
+                    refused_from.push(held.from);
                 }
-                still_held.push_back(held);
+                (false, _) => {
+                    // One waiting for ownership holds back the sender's later updates
+                    // (they may build on it). One missing history does not need to: any
+                    // later update of the same client continues past the same hole.
+                    if !missing_history {
+                        blocked.insert(held.from);
+                    }
+                    still_held.push_back(held);
+                }
             }
         }
         doc.held = still_held;

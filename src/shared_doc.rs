@@ -43,7 +43,7 @@
 //! ```
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -118,7 +118,7 @@ pub struct SyncedDoc {
     waiting: Mutex<Vec<Update>>,
     /// A live update was held for a hole (outside `waiting`) since the room was last
     /// asked to fill it.
-    gap_seen: std::sync::atomic::AtomicBool,
+    gap_seen: AtomicBool,
     /// When the room was last asked (y-sync step 1) for what this peer misses.
     last_asked: Mutex<Option<Duration>>,
     /// Limits on what peers send for this document.
@@ -158,7 +158,7 @@ impl SyncedDoc {
             local_updates,
             updates: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
-            gap_seen: std::sync::atomic::AtomicBool::new(false),
+            gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             limits: DocLimits::default(),
         }
@@ -224,11 +224,13 @@ impl SyncedDoc {
     /// [module docs](self)) and is applied here, in a later call, once the hole is
     /// filled, and the plugin asks the room for the missing part.
     pub fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
-        let mut waiting =
-            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
-        if updates.is_empty() && waiting.is_empty() {
+        // Waiting updates can only become ready once new remote history arrives: with
+        // none, nothing to retry (this runs every frame).
+        if updates.is_empty() {
             return Ok(());
         }
+        let mut waiting =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
         waiting.extend(updates);
         let mut applied = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
