@@ -48,6 +48,7 @@ use crate::PeerSyncSystems;
 use crate::durable::EntityDoc;
 use crate::peer::{Peer, PeerLink};
 use crate::shared_doc::SharedDoc;
+use crate::stage::StageAppExt;
 use crate::stats::PeerStats;
 use crate::transport::Channel;
 
@@ -141,11 +142,11 @@ pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<DiagnosticsConfig>()
         .init_resource::<RoomDiagnostics>()
         .init_resource::<SampleClock>()
-        .add_systems(
-            PostUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Send,
             (measure_doc_size, measure)
                 .chain()
-                .after(PeerSyncSystems::Send)
+                .after(crate::session::send_packets)
                 .before(crate::transport::TransportSystems::Send),
         );
 }

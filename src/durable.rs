@@ -67,6 +67,7 @@ use crate::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, R
 use crate::registry::{Route, SyncRegistry};
 use crate::session::{Outbox, Recipients};
 use crate::shared_doc::{DocId, REMOTE_ORIGIN, SyncedDoc, encode_sync};
+use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
 
@@ -621,10 +622,9 @@ impl SyncAppExt for App {
                 add_document_type::<T>(self, name, read_component::<T>, |entity| {
                     entity.remove::<T>();
                 });
-                self.add_systems(
-                    PostUpdate,
+                self.add_stage_systems(
+                    PeerSyncSystems::Collect,
                     stage_component::<T>
-                        .in_set(PeerSyncSystems::Collect)
                         .after(assign_net_ids)
                         .before(flush_staged),
                 )
@@ -745,22 +745,19 @@ pub(crate) fn plugin(app: &mut App) {
         .add_message::<RequestOwnership>()
         .add_message::<OwnershipRequested>()
         .init_resource::<PendingRequests>()
-        .add_systems(
-            PreUpdate,
-            apply_remote_entities
-                .in_set(PeerSyncSystems::Apply)
-                .after(crate::shared_doc::receive_doc_messages),
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
+            apply_remote_entities.after(crate::shared_doc::receive_doc_messages),
         )
-        .add_systems(
-            PostUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Collect,
             (
                 assign_net_ids,
                 answer_requests,
                 flush_staged,
                 send_entity_updates,
             )
-                .chain()
-                .in_set(PeerSyncSystems::Collect),
+                .chain(),
         );
 }
 
@@ -1231,11 +1228,9 @@ fn note_replica_changes(
 }
 
 pub(crate) fn presence_hooks(app: &mut App) {
-    app.init_resource::<OwnerChanges>().add_systems(
-        PreUpdate,
-        note_replica_changes
-            .in_set(PeerSyncSystems::Apply)
-            .before(apply_remote_entities),
+    app.init_resource::<OwnerChanges>().add_stage_systems(
+        PeerSyncSystems::Apply,
+        note_replica_changes.before(apply_remote_entities),
     );
 }
 

@@ -128,6 +128,7 @@ pub mod shared_doc;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod signaling;
 pub mod smoothing;
+pub mod stage;
 pub mod stats;
 pub mod testing;
 pub mod transform_codec;
@@ -143,6 +144,7 @@ use crate::error::PeerSyncError;
 use crate::peer::{LocalPeer, PeerJoined, PeerLeft, PeerRejected, Peers};
 use crate::registry::SyncRegistry;
 use crate::session::{Inbox, Outbox, PayloadReceived, SendPayload, SessionConfig, SessionState};
+use crate::stage::StageAppExt;
 use crate::transport::TransportSystems;
 use crate::transport::matchbox::{IceServers, MatchboxConfig, MatchboxTransportPlugin};
 use crate::transport::memory::{MemoryNetwork, MemoryTransportPlugin};
@@ -179,6 +181,9 @@ pub mod prelude {
 /// [`PeerSyncSystems::Apply`]. `PostUpdate`: [`PeerSyncSystems::Collect`] →
 /// [`PeerSyncSystems::Send`] → [`TransportSystems::Send`]. Game systems in `Update`
 /// see this frame's remote changes and their own changes leave the same frame.
+///
+/// In each set one system runs the plugin's own systems of that set, single-threaded,
+/// from the set's [`Stage`](stage::Stage) schedule (see [`stage`] for why).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerSyncSystems {
     /// Link events and datagrams are decoded and routed.
@@ -324,26 +329,34 @@ impl Plugin for PeerSyncPlugin {
                 )
                     .chain(),
             )
-            .add_systems(
-                PreUpdate,
+            .add_stage_systems(
+                PeerSyncSystems::Receive,
                 (
                     connection::track_connection,
                     session::handle_link_events,
                     session::receive_packets,
                 )
-                    .chain()
-                    .in_set(PeerSyncSystems::Receive),
+                    .chain(),
             )
-            .add_systems(
-                PostUpdate,
+            .add_stage_systems(
+                PeerSyncSystems::Send,
                 (
                     session::repeat_hellos,
                     session::queue_pings,
                     session::send_packets,
                 )
-                    .chain()
-                    .in_set(PeerSyncSystems::Send),
+                    .chain(),
             );
+        stage::plugin(app);
+        // The built-in backends run inside the stages: first and last there.
+        app.configure_sets(
+            stage::Stage(PeerSyncSystems::Receive),
+            TransportSystems::Receive.before(connection::track_connection),
+        )
+        .configure_sets(
+            stage::Stage(PeerSyncSystems::Send),
+            TransportSystems::Send.after(session::send_packets),
+        );
         match &self.transport {
             TransportChoice::Matchbox(config) => {
                 app.add_plugins(MatchboxTransportPlugin {

@@ -62,6 +62,7 @@ use crate::PeerSyncSystems;
 use crate::peer::{Peer, PeerJoined, PeerLink, Peers};
 use crate::registry::{Route, SyncRegistry};
 use crate::session::{Inbox, Outbox, Recipients};
+use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
 use crate::wire::{Message, read_varint, write_varint};
@@ -208,13 +209,11 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<LocalPresence>()
         .init_resource::<PresenceTypes>()
         .init_resource::<PresenceSender>()
-        .add_systems(
-            PreUpdate,
-            (start_heard, receive_presence, expire_presence)
-                .chain()
-                .in_set(PeerSyncSystems::Apply),
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
+            (start_heard, receive_presence, expire_presence).chain(),
         )
-        .add_systems(PostUpdate, send_presence.in_set(PeerSyncSystems::Collect));
+        .add_stage_systems(PeerSyncSystems::Collect, send_presence);
 }
 
 /// Registers `T` as presence state. Called by `sync_component::<T>(Route::Presence)`.

@@ -61,6 +61,7 @@ use yrs::{
 use crate::PeerSyncSystems;
 use crate::peer::{PeerId, PeerJoined, Peers};
 use crate::session::{Inbox, Outbox, Recipients};
+use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
 use crate::wire::Message;
@@ -430,20 +431,16 @@ pub struct SharedDocChanged {
 pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<SharedDoc>()
         .add_message::<SharedDocChanged>()
-        .add_systems(
-            PreUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
             (
                 send_state_vectors,
                 ask_for_missing_history,
                 receive_doc_messages,
             )
-                .chain()
-                .in_set(PeerSyncSystems::Apply),
+                .chain(),
         )
-        .add_systems(
-            PostUpdate,
-            send_local_updates.in_set(PeerSyncSystems::Collect),
-        );
+        .add_stage_systems(PeerSyncSystems::Collect, send_local_updates);
 }
 
 /// Step 1 of y-sync to every peer that just joined, for every synced document.

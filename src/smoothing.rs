@@ -15,6 +15,7 @@ use bevy::prelude::*;
 use crate::PeerSyncSystems;
 use crate::durable::{NetId, Owner};
 use crate::peer::LocalPeer;
+use crate::stage::StageAppExt;
 
 /// A value that can be blended between two samples.
 pub trait Smooth: Clone + Send + Sync + 'static {
@@ -154,11 +155,10 @@ impl SmoothAppExt for App {
             config,
             _type: PhantomData,
         })
-        .add_systems(
-            PreUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
             (attach_buffers::<T>, play_back::<T>)
                 .chain()
-                .in_set(PeerSyncSystems::Apply)
                 .after(crate::transient::ApplyTransient),
         )
     }

@@ -48,6 +48,7 @@ use crate::PeerSyncSystems;
 use crate::durable::{NetEntities, NetId, Owner};
 use crate::peer::{LocalPeer, PeerId, PeerReplica, Peers, ReplicaId};
 use crate::session::{Inbox, Outbox, Recipients};
+use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
 use crate::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE, read_varint, write_varint};
@@ -209,17 +210,13 @@ pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<TransientState>()
         .init_resource::<TransientConfig>()
         .add_message::<CommitTransient>()
-        .add_systems(
-            PreUpdate,
-            decode_transient
-                .in_set(PeerSyncSystems::Apply)
-                .after(crate::shared_doc::receive_doc_messages),
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
+            decode_transient.after(crate::shared_doc::receive_doc_messages),
         )
-        .add_systems(
-            PostUpdate,
-            (advance_send_clock, pack_transient)
-                .chain()
-                .in_set(PeerSyncSystems::Collect),
+        .add_stage_systems(
+            PeerSyncSystems::Collect,
+            (advance_send_clock, pack_transient).chain(),
         );
 }
 
@@ -230,25 +227,22 @@ where
 {
     let index = next_type_index(app.world_mut(), codec.measure);
     app.insert_resource(TransientType::<T>::new(index, codec))
-        .add_systems(
-            PostUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Collect,
             commit_transient::<T>
-                .in_set(PeerSyncSystems::Collect)
                 .after(crate::durable::assign_net_ids)
                 .before(crate::durable::flush_staged),
         )
-        .add_systems(
-            PreUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
             apply_transient::<T>
-                .in_set(PeerSyncSystems::Apply)
                 .in_set(ApplyTransient)
                 .after(decode_transient)
                 .after(crate::durable::apply_remote_entities),
         )
-        .add_systems(
-            PostUpdate,
+        .add_stage_systems(
+            PeerSyncSystems::Collect,
             stage_transient::<T>
-                .in_set(PeerSyncSystems::Collect)
                 .after(advance_send_clock)
                 .before(pack_transient),
         );

@@ -2,7 +2,9 @@
 //!
 //! A backend fills [`TransportIo`] with link events and received datagrams in
 //! [`TransportSystems::Receive`] (in `PreUpdate`) and drains what the plugin queued in
-//! [`TransportSystems::Send`] (in `PostUpdate`). Nothing else crosses the boundary, so
+//! [`TransportSystems::Send`] (in `PostUpdate`). (The built-in backends run in the same
+//! sets inside the plugin's own [`Stage`](crate::stage::Stage) schedules, first and
+//! last.) Nothing else crosses the boundary, so
 //! backends are swappable: [`matchbox`] speaks WebRTC, [`memory`] connects several
 //! `App`s in one process with a seeded link conditioner, and your own backend only has
 //! to move bytes in and out of these queues.

@@ -483,3 +483,44 @@ fn round_trip_time_is_measured() {
         "{rtt:?}"
     );
 }
+
+/// What a game system in `PostUpdate` before [`PeerSyncSystems::Collect`] writes, a
+/// game system in `PreUpdate` after [`PeerSyncSystems::Apply`] on another peer sees in
+/// the same step (the plugin's own systems run inside those sets).
+#[test]
+fn game_systems_ordered_around_the_sets_see_the_same_frame() {
+    #[derive(Resource, Default)]
+    struct Seen(Option<u32>);
+    #[derive(Resource, Default)]
+    struct Frame(u32);
+
+    fn write_on_frame_5(mut frame: ResMut<Frame>, doc: Res<SharedDoc>) {
+        frame.0 += 1;
+        if frame.0 == 5 {
+            doc.text("t").insert(&mut doc.transact_mut(), 0, "hi");
+        }
+    }
+    fn see(mut frame: ResMut<Frame>, doc: Res<SharedDoc>, mut seen: ResMut<Seen>) {
+        frame.0 += 1;
+        if seen.0.is_none() && doc.text_string("t") == "hi" {
+            seen.0 = Some(frame.0);
+        }
+    }
+
+    let mut room = TestRoom::new(21);
+    room.add_peer(|app| {
+        app.init_resource::<Frame>().add_systems(
+            PostUpdate,
+            write_on_frame_5.before(PeerSyncSystems::Collect),
+        );
+    });
+    let b = room.add_peer(|app| {
+        app.init_resource::<Frame>()
+            .init_resource::<Seen>()
+            .add_systems(PreUpdate, see.after(PeerSyncSystems::Apply));
+    });
+    assert!(room.step_until(4, TestRoom::fully_connected));
+    room.step_n(6);
+    // Peer 0 updates before peer 1 in a step, and the memory network has no delay.
+    assert_eq!(room.app(b).world().resource::<Seen>().0, Some(5));
+}

@@ -16,8 +16,10 @@ use bevy::prelude::*;
 use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
+use crate::PeerSyncSystems;
 use crate::connection::{ReconnectPolicy, SetOnline};
 use crate::error::PeerSyncError;
+use crate::stage::StageAppExt;
 use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
 
 /// Which ICE (STUN/TURN) servers the WebRTC connections use.
@@ -166,13 +168,16 @@ impl Plugin for MatchboxTransportPlugin {
                 failures: 0,
                 jitter: seed,
             })
-            .add_systems(
-                PreUpdate,
+            .add_stage_systems(
+                PeerSyncSystems::Receive,
                 (go_online_or_offline, open_socket, matchbox_receive)
                     .chain()
                     .in_set(TransportSystems::Receive),
             )
-            .add_systems(PostUpdate, matchbox_send.in_set(TransportSystems::Send));
+            .add_stage_systems(
+                PeerSyncSystems::Send,
+                matchbox_send.in_set(TransportSystems::Send),
+            );
     }
 }
 

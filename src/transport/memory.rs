@@ -33,7 +33,9 @@ use bevy::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::PeerSyncSystems;
 use crate::peer::PeerId;
+use crate::stage::StageAppExt;
 use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
 use crate::wire::MAX_DATAGRAM;
 
@@ -425,13 +427,16 @@ impl Plugin for MemoryTransportPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<TransportIo>()
             .insert_resource(MemoryEndpoint::join(&self.network))
-            .add_systems(
-                PreUpdate,
+            .add_stage_systems(
+                PeerSyncSystems::Receive,
                 (go_online_or_offline, memory_receive)
                     .chain()
                     .in_set(TransportSystems::Receive),
             )
-            .add_systems(PostUpdate, memory_send.in_set(TransportSystems::Send));
+            .add_stage_systems(
+                PeerSyncSystems::Send,
+                memory_send.in_set(TransportSystems::Send),
+            );
     }
 }
 
