@@ -242,6 +242,10 @@ pub struct EntityDoc {
     queued: Vec<(PeerId, Update, Vec<u8>, bool)>,
     /// Entities seen deleted from the document: edits racing their despawn are harmless.
     tombstones: HashSet<String>,
+    /// Entities not in the world because their owner is away
+    /// ([`OwnerLeftPolicy::Despawn`]), by owner: re-read when it comes back, so a join
+    /// does not re-read the whole document.
+    hidden: HashMap<ReplicaId, HashSet<NetId>>,
     /// Updates refused for writing what the sender does not own.
     pub refused: u64,
 }
@@ -347,6 +351,7 @@ impl EntityDoc {
             held: VecDeque::new(),
             queued: Vec::new(),
             tombstones: HashSet::new(),
+            hidden: HashMap::new(),
             refused: 0,
         }
     }
@@ -1192,18 +1197,21 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             dirty.extend(root.keys(&txn).map(str::to_owned));
         }
     } else if !replicas_changed.is_empty() && config.owner_left == OwnerLeftPolicy::Despawn {
-        // An owner came or went: its entities appear or vanish.
-        let doc = world.resource::<EntityDoc>();
-        let txn = doc.doc().transact();
-        if let Some(root) = txn.get_map(ENTITIES) {
-            let root = MapRef::clone(&root);
-            for (key, _) in root.iter(&txn) {
-                let owner = EntityDoc::owner_in_txn(&root, &txn, key).flatten();
-                if owner.is_some_and(|o| replicas_changed.contains(&o)) {
-                    dirty.insert(key.to_owned());
-                }
+        // An owner came or went: its entities appear or vanish. Those shown are in the
+        // world, those hidden for its absence were noted when they were hidden.
+        let mut doc = world.resource_mut::<EntityDoc>();
+        for replica in &replicas_changed {
+            if let Some(ids) = doc.hidden.remove(replica) {
+                dirty.extend(ids.iter().map(ToString::to_string));
             }
         }
+        let mut owned = world.query::<(&NetId, &Owner)>();
+        dirty.extend(
+            owned
+                .iter(world)
+                .filter(|(_, owner)| owner.0.is_some_and(|o| replicas_changed.contains(&o)))
+                .map(|(id, _)| id.to_string()),
+        );
     }
     if !dirty.is_empty() {
         materialise(world, dirty, &present, config.owner_left);
@@ -1251,6 +1259,7 @@ fn materialise(
     }
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut gone: Vec<NetId> = Vec::new();
+    let mut hidden: Vec<(ReplicaId, NetId)> = Vec::new();
     {
         let doc = world.resource::<EntityDoc>();
         let types = world.resource::<DurableTypes>();
@@ -1275,6 +1284,9 @@ fn materialise(
                 (OwnerLeftPolicy::Despawn, _) => false,
             };
             if !visible {
+                if let Some(owner) = owner {
+                    hidden.push((owner, id));
+                }
                 gone.push(id);
                 continue;
             }
@@ -1309,6 +1321,9 @@ fn materialise(
         let mut doc = world.resource_mut::<EntityDoc>();
         for id in &gone {
             doc.tombstones.insert(id.to_string());
+        }
+        for (owner, id) in hidden {
+            doc.hidden.entry(owner).or_default().insert(id);
         }
     }
     for id in gone {

@@ -673,3 +673,35 @@ fn ownership_is_requested_and_granted() {
         "mine now"
     );
 }
+
+/// With the default [`OwnerLeftPolicy::Despawn`], an owner's entities vanish while it
+/// is away and come back with it: on a peer that saw them, and on one that joined
+/// while the owner was away (it learns of them, hidden, from the catch-up).
+#[test]
+fn an_away_owners_entities_vanish_and_come_back_with_it() {
+    let mut room = TestRoom::new(26);
+    let owner = room.add_peer(setup);
+    let watcher = room.add_peer(setup);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    for n in 0..3 {
+        spawn(&mut room, owner, card(n, "kept"));
+    }
+    spawn(&mut room, watcher, card(9, "watcher's"));
+    assert!(room.step_until(10, |room| {
+        state(room, watcher).len() == 4 && state(room, owner).len() == 4
+    }));
+    let everything = state(&mut room, owner);
+
+    room.disconnect(owner);
+    assert!(room.step_until(10, |room| state(room, watcher).len() == 1));
+    let late = room.add_peer(setup);
+    assert!(room.step_until(20, |room| state(room, late).len() == 1));
+    assert_eq!(state(&mut room, late), state(&mut room, watcher));
+
+    room.reconnect(owner);
+    assert!(room.step_until(20, |room| {
+        state(room, watcher).len() == 4 && state(room, late).len() == 4
+    }));
+    assert_eq!(state(&mut room, watcher), everything);
+    assert_eq!(state(&mut room, late), everything);
+}
