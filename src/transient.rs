@@ -650,19 +650,32 @@ fn commit_transient<T: Component>(
     }
 }
 
-/// Reads a committed value of `T` from the document.
-pub(crate) fn read_committed<T: Component<Mutability = Mutable>>(
-    entity: &mut EntityWorldMut,
-    value: &yrs::Any,
-) -> Result<(), String> {
-    let yrs::Any::Buffer(bytes) = value else {
+/// Reads a committed value of `T` from its fields map in the document.
+pub(crate) fn decode_committed<T: Component<Mutability = Mutable>>(
+    world: &World,
+    fields: &yrs::MapRef,
+    txn: &yrs::Transaction,
+) -> Result<crate::durable::Decoded, String> {
+    let Some(yrs::Any::Buffer(bytes)) = crate::durable::whole_value(fields, txn) else {
         return Err("a committed transient value is not bytes".into());
     };
-    let codec = entity.world().resource::<TransientType<T>>().codec;
+    let codec = world.resource::<TransientType<T>>().codec;
     let value =
-        (codec.decode)(bytes, codec.param).ok_or("a committed transient value does not decode")?;
-    entity.insert(value);
-    Ok(())
+        (codec.decode)(&bytes, codec.param).ok_or("a committed transient value does not decode")?;
+    Ok(Box::new(value))
+}
+
+/// Puts committed values of `T` on their entities.
+pub(crate) fn apply_committed<T: Component<Mutability = Mutable>>(
+    world: &mut World,
+    values: Vec<(Entity, crate::durable::Decoded)>,
+) {
+    world.insert_batch(values.into_iter().map(|(entity, value)| {
+        let value = *value
+            .downcast::<T>()
+            .expect("a type's values are decoded by that type's decode fn");
+        (entity, value)
+    }));
 }
 
 #[cfg(test)]
