@@ -303,6 +303,7 @@ impl Plugin for PeerSyncPlugin {
             .init_resource::<Peers>()
             .init_resource::<SyncRegistry>()
             .init_resource::<SessionState>()
+            .init_resource::<session::FreshDocs>()
             .init_resource::<Outbox>()
             .init_resource::<Inbox>()
             .insert_resource(self.session.clone())

@@ -129,7 +129,19 @@ pub(crate) struct Inbound {
     pings: VecDeque<(u32, Duration)>,
     /// Whether each of the last pings was answered (true) or timed out.
     ping_outcomes: VecDeque<bool>,
-    handshake: Handshake,
+    pub(crate) handshake: Handshake,
+}
+
+/// Whether this peer's synced documents are still empty (nothing written, nothing
+/// received), for [`Hello::fresh`]. Kept by the shared document; only a hint: a
+/// peer wrongly taken for fresh is sent a whole state where a diff would do.
+#[derive(Resource, Debug)]
+pub(crate) struct FreshDocs(pub(crate) bool);
+
+impl Default for FreshDocs {
+    fn default() -> Self {
+        Self(true)
+    }
 }
 
 impl Inbound {
@@ -158,16 +170,37 @@ const HELLO_RETRY_MAX: Duration = Duration::from_secs(2);
 /// hello arrived repeats it, with backoff, asking for an answer
 /// ([`Hello::waiting`]); the answer says [`Hello::heard`].
 #[derive(Debug, Default)]
-struct Handshake {
+pub(crate) struct Handshake {
     /// The peer's replica, once its hello was taken.
     theirs: Option<ReplicaId>,
     /// The peer has shown it has our hello.
     ours_heard: bool,
     last_sent: Duration,
     retry: Duration,
+    /// What our hellos on this link say of [`Hello::fresh`], fixed by the first.
+    our_fresh: Option<bool>,
+    /// What the peer's hello said of [`Hello::fresh`].
+    their_fresh: bool,
 }
 
 impl Handshake {
+    /// Whether the peer sends us its whole state on joining (we said we were fresh),
+    /// so we need not ask with y-sync step 1.
+    pub(crate) fn we_are_sent_everything(&self) -> bool {
+        self.our_fresh == Some(true)
+    }
+
+    /// Whether we send the peer our whole state on joining (it said it was fresh and
+    /// will not ask).
+    pub(crate) fn they_want_everything(&self) -> bool {
+        self.their_fresh
+    }
+
+    /// [`Hello::fresh`] for our next hello on this link: fixed by the first.
+    fn fresh(&mut self, docs: &FreshDocs) -> bool {
+        *self.our_fresh.get_or_insert(docs.0)
+    }
+
     fn sent(&mut self, now: Duration) {
         self.last_sent = now;
         self.retry = if self.retry.is_zero() {
@@ -244,6 +277,7 @@ fn send_hello(
     peer: PeerId,
     heard: bool,
     waiting: bool,
+    fresh: bool,
 ) {
     let schema = registry.schema_strings();
     let hello = Message::Hello(Hello {
@@ -253,6 +287,7 @@ fn send_hello(
         schema,
         heard,
         waiting,
+        fresh,
     });
     // A hello is small and fixed; fragment it anyway should a huge schema need it.
     let frame = wire::encode(&hello).expect("a hello always encodes");
@@ -274,6 +309,7 @@ pub(crate) fn receive_packets(
     local: Res<LocalPeer>,
     registry: Res<SyncRegistry>,
     config: Res<SessionConfig>,
+    fresh_docs: Res<FreshDocs>,
     time: Res<Time<Real>>,
     mut state: ResMut<SessionState>,
     mut outbox: ResMut<Outbox>,
@@ -334,7 +370,15 @@ pub(crate) fn receive_packets(
                     reject(from, &mut link, reason, &mut rejected);
                     if hello.waiting {
                         // Ours, once, so that they can tell why too.
-                        send_hello(&mut io, &registry, local.replica(), from, false, false);
+                        send_hello(
+                            &mut io,
+                            &registry,
+                            local.replica(),
+                            from,
+                            false,
+                            false,
+                            false,
+                        );
                     }
                     continue;
                 }
@@ -343,9 +387,11 @@ pub(crate) fn receive_packets(
                     hello.crate_version
                 );
                 handshake.theirs = Some(ReplicaId(hello.replica));
+                handshake.their_fresh = hello.fresh;
             }
             handshake.ours_heard |= hello.heard;
             if hello.waiting {
+                let fresh = handshake.fresh(&fresh_docs);
                 send_hello(
                     &mut io,
                     &registry,
@@ -353,6 +399,7 @@ pub(crate) fn receive_packets(
                     from,
                     true,
                     !handshake.ours_heard,
+                    fresh,
                 );
                 handshake.sent(now);
             }
@@ -477,6 +524,7 @@ pub(crate) fn repeat_hellos(
     mut io: ResMut<TransportIo>,
     registry: Res<SyncRegistry>,
     local: Res<LocalPeer>,
+    fresh_docs: Res<FreshDocs>,
     mut peers: Query<(&Peer, &PeerLink, &mut Inbound)>,
 ) {
     let now = time.elapsed();
@@ -487,7 +535,16 @@ pub(crate) fn repeat_hellos(
         }
         debug!("hello to peer `{}`", peer.id);
         let heard = handshake.theirs.is_some();
-        send_hello(&mut io, &registry, local.replica(), peer.id, heard, true);
+        let fresh = handshake.fresh(&fresh_docs);
+        send_hello(
+            &mut io,
+            &registry,
+            local.replica(),
+            peer.id,
+            heard,
+            true,
+            fresh,
+        );
         handshake.sent(now);
     }
 }

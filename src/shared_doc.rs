@@ -10,7 +10,10 @@
 //!   [`PeerSyncSystems::Apply`] (`PreUpdate`), then [`SharedDocChanged`] is written.
 //! - **Joining and rejoining** run y-sync both ways: each side sends its state vector
 //!   (step 1) and answers the other's with exactly the missing diff (step 2), so a late
-//!   joiner or a peer that edited offline converges with everyone, with no host.
+//!   joiner or a peer that edited offline converges with everyone, with no host. A
+//!   peer whose documents are still empty when a link opens says so in its hello
+//!   ([`Hello::fresh`](crate::wire::Hello::fresh)): the other side sends it its whole
+//!   state as they join, and it asks nothing, which saves a new player a round trip.
 //! - **Bad input** (an update that does not decode, or one over
 //!   [`DocLimits::max_update_size`]) is refused as a whole before it touches the
 //!   document, and counted on the sender's [`PeerStats`].
@@ -60,7 +63,7 @@ use yrs::{
 
 use crate::PeerSyncSystems;
 use crate::peer::{PeerId, PeerJoined, Peers};
-use crate::session::{Inbox, Outbox, Recipients};
+use crate::session::{FreshDocs, Inbox, Outbox, Recipients};
 use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
 use crate::transport::Channel;
@@ -440,22 +443,63 @@ pub(crate) fn plugin(app: &mut App) {
             )
                 .chain(),
         )
-        .add_stage_systems(PeerSyncSystems::Collect, send_local_updates);
+        .add_stage_systems(
+            PeerSyncSystems::Collect,
+            (send_local_updates, note_fresh_docs),
+        );
 }
 
-/// Step 1 of y-sync to every peer that just joined, for every synced document.
+/// Starts y-sync with every peer that just joined, for every synced document: step 1
+/// (our state vector, answered with what we lack), unless the peer sends us its
+/// whole state anyway; and our whole state to a peer that said it was fresh.
 fn send_state_vectors(
     mut joined: MessageReader<PeerJoined>,
     doc: Res<SharedDoc>,
     entities: Option<Res<crate::durable::EntityDoc>>,
+    links: Query<&crate::session::Inbound>,
     mut outbox: ResMut<Outbox>,
 ) {
     for joined in joined.read() {
         let to = Recipients::Peer(joined.peer);
-        outbox.push(to, Channel::Reliable, step1(DocId::Room, &doc));
+        let Ok(inbound) = links.get(joined.entity) else {
+            continue;
+        };
+        let handshake = &inbound.handshake;
+        let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, &doc)];
         if let Some(entities) = &entities {
-            outbox.push(to, Channel::Reliable, step1(DocId::Entities, entities));
+            docs.push((DocId::Entities, entities));
         }
+        for (id, synced) in docs {
+            if handshake.they_want_everything() {
+                let state = synced.diff_for(&StateVector::default());
+                outbox.push(
+                    to,
+                    Channel::Reliable,
+                    encode_sync(id, SyncMessage::SyncStep2(state)),
+                );
+            }
+            if !handshake.we_are_sent_everything() {
+                outbox.push(to, Channel::Reliable, step1(id, synced));
+            }
+        }
+    }
+}
+
+/// Notes when this peer's documents stop being empty (see [`Hello::fresh`]).
+///
+/// [`Hello::fresh`]: crate::wire::Hello::fresh
+fn note_fresh_docs(
+    mut fresh: ResMut<FreshDocs>,
+    doc: Res<SharedDoc>,
+    entities: Option<Res<crate::durable::EntityDoc>>,
+) {
+    if !fresh.0 {
+        return;
+    }
+    // Nothing integrated, nothing to delete: the state vector says it all.
+    let empty = |synced: &SyncedDoc| synced.state_vector().is_empty();
+    if !empty(&doc) || entities.is_some_and(|e| !empty(&e)) {
+        fresh.0 = false;
     }
 }
 
@@ -532,7 +576,14 @@ pub(crate) fn receive_doc_messages(
         };
         match message {
             SyncMessage::SyncStep1(remote) => {
+                let t = std::time::Instant::now();
                 let diff = synced.diff_for(&remote);
+                eprintln!(
+                    "PROBE diff_for {:?} {:?} {}",
+                    doc_id as u8,
+                    t.elapsed(),
+                    diff.len()
+                );
                 outbox.push(
                     Recipients::Peer(peer),
                     Channel::Reliable,
@@ -541,7 +592,17 @@ pub(crate) fn receive_doc_messages(
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
                 let live = matches!(message_kind, MessageKind::Update);
-                let update = match decode_update(&bytes, &synced.limits) {
+                let t = std::time::Instant::now();
+                let update = decode_update(&bytes, &synced.limits);
+                if bytes.len() > 1000 {
+                    eprintln!(
+                        "PROBE decode {} {:?} {}",
+                        doc_id as u8,
+                        t.elapsed(),
+                        bytes.len()
+                    );
+                }
+                let update = match update {
                     Ok(update) => update,
                     Err(reason) => {
                         drop(peer, reason, "a document update");
@@ -564,7 +625,13 @@ pub(crate) fn receive_doc_messages(
             }
         }
     }
-    if let Err(error) = doc.apply_remote(room_updates) {
+    let t = std::time::Instant::now();
+    let n = room_updates.len();
+    let r = doc.apply_remote(room_updates);
+    if n > 0 && t.elapsed().as_micros() > 50 {
+        eprintln!("PROBE room apply {:?}", t.elapsed());
+    }
+    if let Err(error) = r {
         error!("a remote update failed to apply to the shared document: {error}");
     }
     if !room_from.is_empty() {

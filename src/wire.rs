@@ -29,7 +29,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of header in front of every body.
 pub const HEADER_SIZE: usize = 2;
@@ -135,6 +135,11 @@ pub struct Hello {
     /// hello that has `heard` set. A side repeats its hello until it knows (see
     /// `session`): the first datagrams of a data channel can be lost.
     pub waiting: bool,
+    /// The sender's synced documents were empty when this link opened: on joining,
+    /// send it your whole state; it sends no y-sync step 1 (it has nothing to name),
+    /// which saves a round trip for a peer joining a room. The same in every hello
+    /// of one link.
+    pub fresh: bool,
 }
 
 /// Limits on a [`Hello`] from a peer.
@@ -469,6 +474,7 @@ mod tests {
                 schema: vec!["a:durable".into()],
                 heard: false,
                 waiting: true,
+                fresh: true,
             }),
             Message::Payload(Bytes::from_static(b"hi")),
             Message::Ping(7),

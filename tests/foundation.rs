@@ -97,23 +97,35 @@ fn three_peers_join_exchange_and_leave() {
 /// nothing sent at the join is dropped as "before the handshake".
 #[test]
 fn lost_hellos_are_answered_and_repeated() {
-    // Which of a's and b's first datagrams to each other are lost.
-    for (lost_a_to_b, lost_b_to_a) in [(0, 1), (1, 0), (1, 1), (2, 3)] {
-        let case = format!("lost a->b {lost_a_to_b}, b->a {lost_b_to_a}");
+    // Which of a's and b's first datagrams to each other are lost; whether b is fresh
+    // (empty documents when the link opens: a sends it everything, it asks nothing).
+    let cases = [(0, 1), (1, 0), (1, 1), (2, 3)];
+    for ((lost_a_to_b, lost_b_to_a), b_fresh) in cases
+        .into_iter()
+        .flat_map(|lost| [(lost, false), (lost, true)])
+    {
+        let case = format!("lost a->b {lost_a_to_b}, b->a {lost_b_to_a}, b fresh {b_fresh}");
         let mut room = TestRoom::new(3);
         let a = room.add_peer(|_| {});
         let b = room.add_peer(|_| {});
         let (a_id, b_id) = (room.peer_id(a).unwrap(), room.peer_id(b).unwrap());
         room.network.lose_next(a_id, b_id, lost_a_to_b);
         room.network.lose_next(b_id, a_id, lost_b_to_a);
-        for (i, text) in [(a, "from a. "), (b, "from b. ")] {
+        let write = |room: &mut TestRoom, i: usize, text: &str| {
             let doc = room.app(i).world().resource::<SharedDoc>();
             doc.text("note").insert(&mut doc.transact_mut(), 0, text);
+        };
+        write(&mut room, a, "from a. ");
+        if !b_fresh {
+            write(&mut room, b, "from b. ");
         }
         // Repeats come after 200, 600, 1400 ms... (12, 36, 84 frames).
         assert!(room.step_until(100, TestRoom::fully_connected), "{case}");
         for i in [a, b] {
             assert_eq!(messages::<PeerJoined>(&mut room, i).len(), 1, "{case}");
+        }
+        if b_fresh {
+            write(&mut room, b, "from b. ");
         }
         // Repeats and answers stop once heard, and join nobody twice.
         room.step_n(240);
@@ -137,6 +149,47 @@ fn lost_hellos_are_answered_and_repeated() {
         room.step_n(2);
         assert_eq!(room.received_payloads(b).len(), 1, "{case}");
     }
+}
+
+/// A peer whose documents are empty when it joins says so in its hello; the room
+/// sends it everything as it joins, without waiting for its y-sync step 1: on a
+/// network without delay it has the room's document one step after the handshake.
+#[test]
+fn a_fresh_joiner_is_sent_everything_without_asking() {
+    let mut room = TestRoom::new(4);
+    let a = room.add_peer(|_| {});
+    room.step();
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        doc.text("note")
+            .insert(&mut doc.transact_mut(), 0, "before b came");
+    }
+    room.step();
+    let b = room.add_peer(|_| {});
+    // Step 1: the link opens, hellos cross. Step 2: both join, a sends everything.
+    room.step_n(2);
+    assert_eq!(messages::<PeerJoined>(&mut room, b).len(), 1);
+    let note = |room: &TestRoom, i: usize| {
+        room.app(i)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("note")
+    };
+    assert_eq!(note(&room, b), "before b came");
+    // b, once it has content, is no longer fresh: after a reconnect it asks (y-sync
+    // step 1) as any peer with state does, and edits made apart still merge.
+    room.disconnect(b);
+    room.step();
+    for (i, text) in [(a, " a alone"), (b, " b alone")] {
+        let doc = room.app(i).world().resource::<SharedDoc>();
+        let len = doc.text_string("note").len() as u32;
+        doc.text("note").insert(&mut doc.transact_mut(), len, text);
+    }
+    room.reconnect(b);
+    assert!(room.step_until(10, |room| {
+        let (na, nb) = (note(room, a), note(room, b));
+        na == nb && na.contains("a alone") && na.contains("b alone")
+    }));
 }
 
 #[test]
@@ -262,6 +315,7 @@ fn another_protocol_version_is_rejected() {
         schema: vec![],
         heard: false,
         waiting: true,
+        fresh: false,
     }))
     .unwrap()
     .to_vec();
@@ -298,6 +352,7 @@ fn seeds() -> Vec<(Bytes, Channel)> {
         schema: vec!["a:durable".into(), "b:transient".into()],
         heard: true,
         waiting: false,
+        fresh: true,
     });
     out.push((wire::encode(&hello).unwrap(), Channel::Reliable));
     out.push((
