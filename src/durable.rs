@@ -1152,10 +1152,7 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             doc.everything_dirty = true;
             let root = doc.root();
             root.unobserve_deep(TOUCH_OBSERVER);
-            let t = std::time::Instant::now();
-            let r = doc.synced.apply_remote(catch_up);
-            eprintln!("PROBE entity catchup apply {:?}", t.elapsed());
-            if let Err(error) = r {
+            if let Err(error) = doc.synced.apply_remote(catch_up) {
                 error!("a sync update failed to apply: {error}");
             }
             attach_touch_observer(doc.synced.doc(), Arc::clone(&doc.main_touched));
@@ -1251,9 +1248,7 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
     let everything_dirty = std::mem::take(&mut world.resource_mut::<EntityDoc>().everything_dirty);
     if everything_dirty {
         // A catch-up was applied untracked: re-read every entity, here or there.
-        let t = std::time::Instant::now();
         materialise(world, Dirty::All, &present, config.owner_left);
-        eprintln!("PROBE materialise all {:?}", t.elapsed());
         return;
     }
     if !replicas_changed.is_empty() && config.owner_left == OwnerLeftPolicy::Despawn {

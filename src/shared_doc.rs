@@ -576,14 +576,7 @@ pub(crate) fn receive_doc_messages(
         };
         match message {
             SyncMessage::SyncStep1(remote) => {
-                let t = std::time::Instant::now();
                 let diff = synced.diff_for(&remote);
-                eprintln!(
-                    "PROBE diff_for {:?} {:?} {}",
-                    doc_id as u8,
-                    t.elapsed(),
-                    diff.len()
-                );
                 outbox.push(
                     Recipients::Peer(peer),
                     Channel::Reliable,
@@ -592,17 +585,7 @@ pub(crate) fn receive_doc_messages(
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
                 let live = matches!(message_kind, MessageKind::Update);
-                let t = std::time::Instant::now();
-                let update = decode_update(&bytes, &synced.limits);
-                if bytes.len() > 1000 {
-                    eprintln!(
-                        "PROBE decode {} {:?} {}",
-                        doc_id as u8,
-                        t.elapsed(),
-                        bytes.len()
-                    );
-                }
-                let update = match update {
+                let update = match decode_update(&bytes, &synced.limits) {
                     Ok(update) => update,
                     Err(reason) => {
                         drop(peer, reason, "a document update");
@@ -625,13 +608,7 @@ pub(crate) fn receive_doc_messages(
             }
         }
     }
-    let t = std::time::Instant::now();
-    let n = room_updates.len();
-    let r = doc.apply_remote(room_updates);
-    if n > 0 && t.elapsed().as_micros() > 50 {
-        eprintln!("PROBE room apply {:?}", t.elapsed());
-    }
-    if let Err(error) = r {
+    if let Err(error) = doc.apply_remote(room_updates) {
         error!("a remote update failed to apply to the shared document: {error}");
     }
     if !room_from.is_empty() {
