@@ -1382,6 +1382,46 @@ fn read_entity(
     })
 }
 
+/// Entities read per task when a whole document is read on several threads.
+const READS_PER_TASK: usize = 256;
+
+/// [`read_entity`] for many entities, split over the compute threads when there are
+/// enough of them (a late joiner reads the whole room at once).
+fn read_entities(
+    world: &World,
+    doc: &Doc,
+    entries: Vec<(NetId, Out)>,
+    visible: &(impl Fn(Option<ReplicaId>) -> bool + Sync),
+) -> Vec<(NetId, Read)> {
+    let read_part = |part: &[(NetId, Out)]| -> Vec<(NetId, Read)> {
+        // Read transactions share the document; each task holds its own.
+        let txn = doc.transact();
+        part.iter()
+            .map(|(id, out)| {
+                (
+                    *id,
+                    read_entity(world, &txn, *id, Some(out.clone()), visible),
+                )
+            })
+            .collect()
+    };
+    let pool = bevy::tasks::ComputeTaskPool::get_or_init(bevy::tasks::TaskPool::default);
+    // The calling thread works in the scope too.
+    let workers = pool.thread_num() + 1;
+    if workers < 2 || entries.len() < 2 * READS_PER_TASK {
+        return read_part(&entries);
+    }
+    let chunk = entries.len().div_ceil(workers).max(READS_PER_TASK);
+    pool.scope(|scope| {
+        for part in entries.chunks(chunk) {
+            scope.spawn(async move { read_part(part) });
+        }
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Brings the world in line with the document for the `dirty` entities.
 fn materialise(
     world: &mut World,
@@ -1418,14 +1458,16 @@ fn materialise(
             Dirty::All => {
                 let net = &world_ref.resource::<NetEntities>().map;
                 let mut in_doc = HashSet::with_capacity(if net.is_empty() { 0 } else { net.len() });
-                for (key, value) in root.iter().flat_map(|root| root.iter(&txn)) {
-                    let Some(id) = NetId::parse(key) else {
-                        continue;
-                    };
-                    if !net.is_empty() {
-                        in_doc.insert(id);
-                    }
-                    take(id, read_entity(world_ref, &txn, id, Some(value), visible));
+                let entries: Vec<(NetId, Out)> = root
+                    .iter()
+                    .flat_map(|root| root.iter(&txn))
+                    .filter_map(|(key, value)| Some((NetId::parse(key)?, value)))
+                    .collect();
+                if !net.is_empty() {
+                    in_doc.extend(entries.iter().map(|(id, _)| *id));
+                }
+                for (id, read) in read_entities(world_ref, doc.doc(), entries, &visible) {
+                    take(id, read);
                 }
                 for id in net.keys().filter(|id| !in_doc.contains(*id)) {
                     take(*id, Read::Gone);
