@@ -70,7 +70,10 @@ fn main() {
     println!("idle frame, mean of {FRAMES}, best of {RUNS} (release, this machine)");
     println!("{:<46} {:>10.1?}", "bare MinimalPlugins app", bare);
     println!("{:<46} {:>10.1?}", "idle peer, 1 connected peer", empty);
-    println!("{:<46} {:>10.1?}", "idle peer, 1 peer, 1,000 durable entities", full);
+    println!(
+        "{:<46} {:>10.1?}",
+        "idle peer, 1 peer, 1,000 durable entities", full
+    );
     println!(
         "plugin cost per idle frame: {:.1?} ({:.1?} with 1,000 entities)",
         empty.saturating_sub(bare),
