@@ -8,7 +8,7 @@
 //! | [`RTT`] | ms | mean smoothed round-trip time over connected peers |
 //! | [`LOSS`] | % | mean ping loss over connected peers |
 //! | [`BYTES_IN`] / [`BYTES_OUT`] | B/s | all peers, both channels |
-//! | [`DROPPED`] | count | datagrams or changes refused so far, all peers |
+//! | [`DROPPED`] | count | datagrams or changes refused so far, all peers (and document updates given up) |
 //! | [`DOC_BYTES`] | B | encoded size of the shared and entity documents |
 //! | [`DOC_UPDATES`] | 1/s | updates through both documents |
 //!
@@ -103,7 +103,10 @@ pub struct RoomDiagnostics {
     pub bytes_in_per_sec: f64,
     /// Bytes per second sent, all peers.
     pub bytes_out_per_sec: f64,
-    /// Refused datagrams and changes, total.
+    /// Refused datagrams and changes, total, with out-of-order document updates
+    /// given up for want of their history ([`SyncedDoc::given_up_updates`]).
+    ///
+    /// [`SyncedDoc::given_up_updates`]: crate::shared_doc::SyncedDoc::given_up_updates
     pub dropped: u64,
     /// Encoded document size, bytes, once measured.
     pub doc_bytes: Option<usize>,
@@ -246,6 +249,8 @@ fn measure(
     if !losses.is_empty() {
         sample.loss = Some(losses.iter().sum::<f32>() / losses.len() as f32);
     }
+    sample.dropped +=
+        shared.given_up_updates() + entities.as_ref().map_or(0, |e| e.given_up_updates());
     let updates = shared.update_count() + entities.as_ref().map_or(0, |e| e.update_count());
     let secs = config.sample_every.as_secs_f64().max(1e-6);
     sample.doc_updates_per_sec = updates.saturating_sub(clock.last_updates) as f64 / secs;

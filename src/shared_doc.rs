@@ -22,7 +22,9 @@
 //!   yrs, which would integrate it around a hole that later, larger blocks cannot
 //!   always fill without corrupting its block store. It waits until the hole is
 //!   filled, and the peer asks the room for the missing part (y-sync step 1, at most
-//!   every [`SYNC_RETRY`]).
+//!   every [`SYNC_RETRY`]). One still waiting after [`MAX_ASKS`] asks is given up and
+//!   counted ([`SyncedDoc::given_up_updates`]): its history is not in the room, or it
+//!   was made up, and the room is no longer asked for it.
 //!
 //! ```
 //! use bevy::prelude::*;
@@ -76,6 +78,11 @@ pub const SYNC_RETRY: Duration = Duration::from_millis(500);
 /// Out-of-order updates kept per document; past that the oldest go (the sync that
 /// fills the hole brings them again).
 const MAX_WAITING: usize = 1024;
+/// Asks of the room (one per [`SYNC_RETRY`]) an out-of-order update waits through
+/// before it is given up. The room answers an ask within a round trip, and whoever
+/// sent the update has its history, so past this the history is not in the room (or
+/// the update was made up): when its holder comes back, y-sync brings it anyway.
+pub const MAX_ASKS: u32 = 10;
 
 /// Which document a `Doc` message is for (its first body byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,8 +125,11 @@ pub struct SyncedDoc {
     doc: Doc,
     local_updates: Arc<Mutex<Vec<Vec<u8>>>>,
     updates: AtomicU64,
-    /// Remote updates that arrived before an earlier part of their client's history.
-    waiting: Mutex<Vec<Update>>,
+    /// Remote updates that arrived before an earlier part of their client's history,
+    /// each with the number of times the room was asked for it since.
+    waiting: Mutex<Vec<(Update, u32)>>,
+    /// Waiting updates given up after [`MAX_ASKS`] asks.
+    given_up: AtomicU64,
     /// A live update was held for a hole (outside `waiting`) since the room was last
     /// asked to fill it.
     gap_seen: AtomicBool,
@@ -162,6 +172,7 @@ impl SyncedDoc {
             local_updates,
             updates: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
+            given_up: AtomicU64::new(0),
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             limits: DocLimits::default(),
@@ -235,20 +246,20 @@ impl SyncedDoc {
         }
         let mut waiting =
             std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
-        waiting.extend(updates);
+        waiting.extend(updates.into_iter().map(|update| (update, 0)));
         let mut applied = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
             loop {
                 let known = txn.state_vector();
-                let (ready, held): (Vec<Update>, Vec<Update>) = waiting
+                let (ready, held): (Vec<_>, Vec<_>) = waiting
                     .drain(..)
-                    .partition(|update| !leaves_hole(update, &known));
+                    .partition(|(update, _)| !leaves_hole(update, &known));
                 waiting = held;
                 if ready.is_empty() {
                     return Ok(());
                 }
-                for update in ready {
+                for (update, _) in ready {
                     applied += 1;
                     txn.apply_update(update).map_err(|e| e.to_string())?;
                 }
@@ -285,10 +296,6 @@ impl SyncedDoc {
     /// history: updates wait for it, and the room was not asked in the last
     /// [`SYNC_RETRY`]. `now` is real time.
     pub(crate) fn wants_sync(&self, now: Duration) -> bool {
-        let gap = self.gap_seen.load(Ordering::Relaxed) || self.waiting_updates() > 0;
-        if !gap {
-            return false;
-        }
         let mut last = self
             .last_asked
             .lock()
@@ -296,9 +303,33 @@ impl SyncedDoc {
         if last.is_some_and(|at| now.saturating_sub(at) < SYNC_RETRY) {
             return false;
         }
+        // Count this ask against every waiting update; give up those asked for enough.
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = waiting.len();
+        waiting.retain_mut(|(_, asks)| {
+            *asks += 1;
+            *asks <= MAX_ASKS
+        });
+        let given_up = before - waiting.len();
+        if given_up > 0 {
+            self.given_up.fetch_add(given_up as u64, Ordering::Relaxed);
+            debug!(
+                "gave up `{given_up}` updates still missing their history after `{MAX_ASKS}` asks; y-sync brings them when their holder is back"
+            );
+        }
+        let gap = self.gap_seen.load(Ordering::Relaxed) || !waiting.is_empty();
+        if !gap {
+            return false;
+        }
         *last = Some(now);
         self.gap_seen.store(false, Ordering::Relaxed);
         true
+    }
+
+    /// Out-of-order updates given up after [`MAX_ASKS`] asks of the room (their
+    /// history never came: it is not in the room, or they were made up).
+    pub fn given_up_updates(&self) -> u64 {
+        self.given_up.load(Ordering::Relaxed)
     }
 
     /// How many updates (local transactions and remote updates) went through this
@@ -682,6 +713,36 @@ mod tests {
         assert_eq!(reader.state_vector(), author.transact().state_vector());
         let reader_root = reader.doc().get_or_insert_map("m");
         assert_eq!(reader_root.len(&reader.doc().transact()), 0);
+    }
+
+    /// An update whose history never comes (it is not in the room, or the update was
+    /// made up) is given up after [`MAX_ASKS`] asks, and then the room is not asked
+    /// again for it.
+    #[test]
+    fn an_update_whose_history_never_comes_is_given_up() {
+        let author = Doc::new();
+        let text = author.get_or_insert_text("t");
+        let _u0 = update_of(&author, |txn| text.insert(txn, 0, "a"));
+        let u1 = update_of(&author, |txn| text.insert(txn, 1, "b"));
+        let reader = SyncedDoc::new(Doc::new());
+        reader.apply_remote(vec![u1]).unwrap();
+        assert_eq!(reader.waiting_updates(), 1);
+        let mut asks = 0;
+        for n in 0..100u64 {
+            if reader.wants_sync(SYNC_RETRY * n as u32) {
+                asks += 1;
+            }
+        }
+        assert_eq!(asks, MAX_ASKS);
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.given_up_updates(), 1);
+        assert_eq!(
+            reader
+                .doc()
+                .get_or_insert_text("t")
+                .get_string(&reader.doc().transact()),
+            ""
+        );
     }
 
     #[test]
