@@ -732,7 +732,8 @@ fn apply_components<T: Component<Mutability = Mutable> + PartialEq>(
             None => inserts.push((entity, value)),
         }
     }
-    world.insert_batch(inserts);
+    // Every entity was just found; should one be gone, the rest still go in.
+    let _ = world.try_insert_batch(inserts);
 }
 
 /// The index of durable type `T` in [`DurableTypes`].

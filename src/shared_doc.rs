@@ -477,6 +477,12 @@ pub(crate) fn plugin(app: &mut App) {
         .add_stage_systems(
             PeerSyncSystems::Collect,
             (send_local_updates, note_fresh_docs),
+        )
+        // Also before this frame's hellos are answered: a save loaded at start-up
+        // makes a peer not fresh from its first frame.
+        .add_stage_systems(
+            PeerSyncSystems::Receive,
+            note_fresh_docs.before(crate::session::receive_packets),
         );
 }
 

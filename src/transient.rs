@@ -670,7 +670,9 @@ pub(crate) fn apply_committed<T: Component<Mutability = Mutable>>(
     world: &mut World,
     values: Vec<(Entity, crate::durable::Decoded)>,
 ) {
-    world.insert_batch(values.into_iter().map(|(entity, value)| {
+    // Every entity exists (materialised this frame); should one be gone, the rest
+    // still go in.
+    let _ = world.try_insert_batch(values.into_iter().map(|(entity, value)| {
         let value = *value
             .downcast::<T>()
             .expect("a type's values are decoded by that type's decode fn");
