@@ -1407,9 +1407,10 @@ fn read_entities(
             .collect()
     };
     let pool = bevy::tasks::ComputeTaskPool::get_or_init(bevy::tasks::TaskPool::default);
-    // The calling thread works in the scope too.
+    // The calling thread works in the scope too. (In the browser the pool is this
+    // thread alone.)
     let workers = pool.thread_num() + 1;
-    if workers < 2 || entries.len() < 2 * READS_PER_TASK {
+    if cfg!(target_arch = "wasm32") || workers < 2 || entries.len() < 2 * READS_PER_TASK {
         return read_part(&entries);
     }
     let chunk = entries.len().div_ceil(workers).max(READS_PER_TASK);
