@@ -64,8 +64,10 @@ impl Default for SmoothingConfig {
 pub struct Interpolated<T> {
     /// Samples as (sender time, value), oldest first.
     samples: VecDeque<(Duration, T)>,
-    /// Smallest seen (local arrival − sender time): the clock offset with the least delay.
-    offset: Option<Duration>,
+    /// Smallest seen (local arrival − sender time), in nanoseconds: the clock offset
+    /// with the least delay. Negative when the sender's clock started first (it has
+    /// run longer than this app).
+    offset: Option<i128>,
     config: SmoothingConfig,
 }
 
@@ -79,9 +81,9 @@ impl<T> Interpolated<T> {
         }
     }
 
-    /// Adds a sample sent at sender tick `tick` and received at local time `arrival`.
+    /// Adds a sample sent at sender time `sent` and received at local time `arrival`.
     pub(crate) fn push_sample(&mut self, sent: Duration, arrival: Duration, value: T) {
-        let offset = arrival.saturating_sub(sent);
+        let offset = arrival.as_nanos() as i128 - sent.as_nanos() as i128;
         self.offset = Some(match self.offset {
             // Follow a faster path at once, a slower one slowly (clock drift).
             Some(current) if offset >= current => current + (offset - current) / 64,
@@ -103,7 +105,9 @@ impl<T: Smooth> Interpolated<T> {
     /// The value to show at local time `now`, if any sample arrived.
     pub fn sample(&mut self, now: Duration) -> Option<T> {
         let offset = self.offset?;
-        let target = now.saturating_sub(offset).saturating_sub(self.config.delay);
+        // `now` on the sender's clock, minus the playback delay.
+        let target = now.as_nanos() as i128 - offset - self.config.delay.as_nanos() as i128;
+        let target = Duration::from_nanos(u64::try_from(target.max(0)).unwrap_or(u64::MAX));
         // Drop samples no longer needed (keep one before the target).
         while self.samples.len() > 2 && self.samples[1].0 <= target {
             self.samples.pop_front();
@@ -236,5 +240,21 @@ mod tests {
         // A sample after a long gap snaps instead of sliding.
         buffer.push_sample(ms(2_000), ms(3_000), at(100.0));
         assert_eq!(buffer.sample(ms(3_100)).unwrap().translation.x, 100.0);
+    }
+
+    /// A sender whose clock started long before ours (its app has run longer: we
+    /// joined late) is played back the same way, not frozen on its first sample.
+    #[test]
+    fn a_sender_clock_ahead_of_ours_plays_back() {
+        let ms = Duration::from_millis;
+        let mut buffer = Interpolated::<Transform>::new(SmoothingConfig {
+            delay: ms(50),
+            max_extrapolation: ms(100),
+            snap_after: ms(500),
+        });
+        buffer.push_sample(ms(600_000), ms(1_000), at(0.0));
+        buffer.push_sample(ms(600_100), ms(1_100), at(10.0));
+        assert!((buffer.sample(ms(1_100)).unwrap().translation.x - 5.0).abs() < 1e-3);
+        assert!((buffer.sample(ms(1_200)).unwrap().translation.x - 15.0).abs() < 1e-3);
     }
 }

@@ -7,6 +7,11 @@
 //! on the next few send ticks and every owned value is refreshed round-robin about
 //! once a second, so a receiver reaches the owner's last value soon after losses stop.
 //!
+//! A datagram carries its sender tick: the sender's send clock in milliseconds, so
+//! receivers time their smoothing by it whatever the sender's send rate (peers may
+//! run different rates, and a game may change its rate while it runs). The clock
+//! wraps after 49 days; ticks are compared in serial-number order.
+//!
 //! Receivers keep, per entity and type, the sender tick of the value they applied and
 //! drop anything older or equal (stale, duplicated, reordered), anything from a peer
 //! that does not own the entity, and anything over the per-peer budget of a frame;
@@ -19,7 +24,7 @@
 //!
 //! ## Datagram body
 //! ```text
-//! varint  sender tick
+//! varint  sender tick (milliseconds of the sender's send clock)
 //! repeat: varint type index, varint count,
 //!         count × ( varint (counter delta << 1 | foreign), [varint creator if foreign],
 //!                   [varint length unless the codec delimits itself], value bytes )
@@ -79,7 +84,8 @@ pub struct TransientConfig {
     pub pending_timeout: Duration,
     /// Datagrams per peer per frame beyond which the rest are dropped.
     pub max_datagrams_per_peer_per_frame: usize,
-    /// A sender tick further than this past the last one from the same peer is refused.
+    /// A sender tick further than this past the last one from the same peer is refused
+    /// (milliseconds of the sender's send clock).
     pub max_tick_jump: u32,
 }
 
@@ -91,7 +97,7 @@ impl Default for TransientConfig {
             refresh_period: Duration::from_secs(1),
             pending_timeout: Duration::from_secs(2),
             max_datagrams_per_peer_per_frame: 64,
-            max_tick_jump: 60 * 60 * 10,
+            max_tick_jump: 10 * 60 * 1000,
         }
     }
 }
@@ -177,7 +183,10 @@ impl<T> TransientType<T> {
 /// The send clock and what was decoded this frame.
 #[derive(Resource, Default)]
 pub(crate) struct TransientState {
+    /// The tick of the last send: [`TransientState::clock`] in milliseconds.
     tick: u32,
+    /// Real time since the send clock started.
+    clock: Duration,
     accumulator: Duration,
     due: bool,
     /// Entries decoded this frame: (sender, type index, id, tick, value bytes).
@@ -254,13 +263,27 @@ fn advance_send_clock(
     mut state: ResMut<TransientState>,
 ) {
     let interval = Duration::from_secs_f64(1.0 / config.send_rate.max(1.0));
+    state.clock += time.delta();
     state.accumulator += time.delta();
     state.due = state.accumulator >= interval;
     if state.due {
         // Never queue a burst after a stall: one send per due frame.
         state.accumulator = state.accumulator.saturating_sub(interval).min(interval);
-        state.tick = state.tick.wrapping_add(1);
+        // Milliseconds, wrapping after 49 days (see `tick_after`); strictly after the
+        // last tick even when two sends fall in one millisecond.
+        let now = state.clock.as_millis() as u32;
+        state.tick = if tick_after(now, state.tick) {
+            now
+        } else {
+            state.tick.wrapping_add(1)
+        };
     }
+}
+
+/// Whether sender tick `a` comes after `b`, in serial-number order (RFC 1982): the
+/// send clock wraps, and two ticks of one sender are never half its range apart.
+pub(crate) fn tick_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 /// Marks changed owned values and, on a send tick, stages what goes out.
@@ -504,8 +527,8 @@ fn decode_transient(
         };
         let last = state.last_tick.get(&from).copied();
         if let Some(last) = last
-            && tick > last
-            && tick - last > config.max_tick_jump
+            && tick_after(tick, last)
+            && tick.wrapping_sub(last) > config.max_tick_jump
         {
             debug!(
                 "dropped a transient datagram from peer `{from}`: tick jumped from `{last}` to `{tick}`"
@@ -513,7 +536,7 @@ fn decode_transient(
             stats.count_drop(DropReason::Stale);
             continue;
         }
-        if last.is_none_or(|last| tick > last) {
+        if last.is_none_or(|last| tick_after(tick, last)) {
             state.last_tick.insert(from, tick);
         }
         state
@@ -611,13 +634,13 @@ fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
             continue;
         }
         let last = kind.applied.get(&pending.id).copied();
-        if last.is_some_and(|last| pending.tick <= last) {
+        if last.is_some_and(|last| !tick_after(pending.tick, last)) {
             count_drop(pending.from, DropReason::Stale);
             continue;
         }
         kind.applied.insert(pending.id, pending.tick);
         if let Ok(mut buffer) = smoothing.get_mut(entity) {
-            let sent = Duration::from_secs_f64(f64::from(pending.tick) / config.send_rate.max(1.0));
+            let sent = Duration::from_millis(u64::from(pending.tick));
             buffer.push_sample(sent, now, pending.value);
         } else if let Ok(mut current) = targets.get_mut(entity) {
             *current = pending.value;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
 use bevy_peer_sync::durable::{EntityDocConfig, NetEntities, OwnerLeftPolicy};
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
@@ -378,4 +379,78 @@ fn a_committed_value_outlives_its_owner() {
     let c = room.add_peer(orphan);
     assert!(room.step_until(20, |room| cursor_of(room, c, id).is_some()));
     assert_eq!(cursor_of(&mut room, c, id), Some(Cursor { step: 42 }));
+}
+
+/// Smoothing runs on the sender's clock as its datagrams state it: a receiver that
+/// joined long after the sender started (the sender's clock is far ahead), or a sender
+/// at another send rate, is played back in real time, a steady short way behind.
+#[test]
+fn late_receivers_and_other_send_rates_play_back_in_real_time() {
+    for (case, sender_rate, receiver_late) in
+        [("late receiver", 60.0, true), ("20 Hz sender", 20.0, false)]
+    {
+        let mut room = TestRoom::new(38);
+        let sender = room.add_peer(|app| {
+            setup(app);
+            app.insert_resource(TransientConfig {
+                send_rate: sender_rate,
+                ..Default::default()
+            });
+        });
+        if receiver_late {
+            // Ten minutes on the sender's clock before the receiver's app starts.
+            let strategy = |every| TimeUpdateStrategy::ManualDuration(every);
+            room.app_mut(sender)
+                .insert_resource(strategy(Duration::from_secs(60)));
+            room.step_n(10);
+            room.app_mut(sender)
+                .insert_resource(strategy(bevy_peer_sync::testing::FRAME));
+        }
+        let receiver = room.add_peer(setup);
+        assert!(room.step_until(60, TestRoom::fully_connected), "{case}");
+        let entity = room
+            .app_mut(sender)
+            .world_mut()
+            .spawn((Replicated, Transform::default()))
+            .id();
+        room.step_n(10);
+        let id = *room.app(sender).world().get::<NetId>(entity).unwrap();
+        let x_of = |room: &TestRoom, peer: usize| {
+            let entity = match peer {
+                p if p == sender => entity,
+                _ => room
+                    .app(peer)
+                    .world()
+                    .resource::<NetEntities>()
+                    .entity(id)
+                    .unwrap(),
+            };
+            room.app(peer)
+                .world()
+                .get::<Transform>(entity)
+                .unwrap()
+                .translation
+                .x
+        };
+        // 6 units a second, for 4 s; the lag is measured after 1 s and at the end.
+        let mut lags = Vec::new();
+        for step in 1..=240 {
+            room.app_mut(sender)
+                .world_mut()
+                .get_mut::<Transform>(entity)
+                .unwrap()
+                .translation
+                .x = step as f32 * 0.1;
+            room.step();
+            if step == 60 || step == 240 {
+                lags.push(x_of(&room, sender) - x_of(&room, receiver));
+            }
+        }
+        // Behind by the playback delay and a send interval or two (at 6 units/s, 0.1
+        // s is 0.6), and not drifting.
+        for lag in &lags {
+            assert!((0.0..1.2).contains(lag), "{case}: lags {lags:?}");
+        }
+        assert!((lags[1] - lags[0]).abs() < 0.35, "{case}: lags {lags:?}");
+    }
 }
