@@ -78,7 +78,7 @@ fn main() {
     if args.iter().any(|a| a == "--script") {
         app.insert_resource(Script {
             index,
-            out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
+            out: players::out_dir(&args),
             expect_peers: arg(&args, "--expect-peers").map_or(0, |n| n.parse().unwrap_or(0)),
             started: None,
             shot: false,

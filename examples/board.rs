@@ -76,7 +76,7 @@ fn main() {
         index: players::player_index(&args),
         script: args.iter().any(|a| a == "--script")
             || cfg!(target_arch = "wasm32") && web_query_has("script"),
-        out: arg(&args, "--out").unwrap_or_else(|| ".".into()).into(),
+        out: players::out_dir(&args),
         headless: args.iter().any(|a| a == "--headless"),
         expect_peers: arg(&args, "--expect-peers")
             .or_else(|| web_query("peers"))

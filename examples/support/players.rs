@@ -58,6 +58,16 @@ pub fn player_index(args: &[String]) -> usize {
     arg(args, "--index").map_or(0, |i| i.parse().unwrap_or(0))
 }
 
+/// `--out DIR` (default: the working directory), created if it is missing.
+pub fn out_dir(args: &[String]) -> std::path::PathBuf {
+    let dir: std::path::PathBuf = arg(args, "--out").unwrap_or_else(|| ".".into()).into();
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create `{}`: {error}", dir.display());
+    }
+    dir
+}
+
 /// `--players N`: starts a signaling server on 127.0.0.1 and N copies of this
 /// example as player processes (`--room <url> --index i --expect-peers N-1` added,
 /// `--players N` dropped), waits for them, and exits with failure if any failed.
