@@ -112,6 +112,7 @@
 //! | [`transport`] | the byte-queue boundary and its backends |
 //! | [`signaling`] | the signaling server (native) |
 //! | [`stats`] | per-peer traffic and drop counters |
+//! | [`stage`] | where the plugin's own systems run (one schedule per set) |
 
 #![warn(missing_docs)]
 
