@@ -111,8 +111,16 @@
 //! | [`wire`] | the datagram format and its limits |
 //! | [`transport`] | the byte-queue boundary and its backends |
 //! | [`signaling`] | the signaling server (native) |
+//! | [`presence`] | who is here: name, colour, cursor, custom types, timeouts |
+//! | [`connection`] | connection state, reconnect backoff, going offline on purpose |
+//! | [`persistence`] | local-first saves (a file, or `localStorage` in the browser) |
+//! | [`undo`] | undo/redo of this peer's shared-document edits |
+//! | [`diagnostics`] | RTT, loss, bandwidth, document figures; the egui overlay |
+//! | [`registry`] | the registered sync types and their schema hash |
 //! | [`stats`] | per-peer traffic and drop counters |
 //! | [`stage`] | where the plugin's own systems run (one schedule per set) |
+//! | [`testing`] | [`testing::TestRoom`]: several apps over the in-memory network |
+//! | [`error`] | the crate's error type |
 
 #![warn(missing_docs)]
 
