@@ -120,7 +120,7 @@
 //! | [`stats`] | per-peer traffic and drop counters |
 //! | [`stage`] | where the plugin's own systems run (one schedule per set) |
 //! | [`testing`] | [`testing::TestRoom`]: several apps over the in-memory network |
-//! | [`error`] | the crate's error type |
+//! | [`error`](mod@error) | the crate's error type |
 
 #![warn(missing_docs)]
 
