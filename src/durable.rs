@@ -1441,13 +1441,17 @@ fn materialise(
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut gone: Vec<NetId> = Vec::new();
     let mut hidden: Vec<(ReplicaId, NetId)> = Vec::new();
+    let mut deleted: Vec<NetId> = Vec::new();
     {
         let world_ref: &World = world;
         let doc = world_ref.resource::<EntityDoc>();
         let txn = doc.doc().transact();
         let root = txn.get_map(ENTITIES);
         let mut take = |id: NetId, read: Read| match read {
-            Read::Gone => gone.push(id),
+            Read::Gone => {
+                deleted.push(id);
+                gone.push(id);
+            }
             Read::Hidden(owner) => {
                 if let Some(owner) = owner {
                     hidden.push((owner, id));
@@ -1488,7 +1492,8 @@ fn materialise(
     }
     {
         let mut doc = world.resource_mut::<EntityDoc>();
-        for id in &gone {
+        // Only entities deleted from the document: a hidden one is still there.
+        for id in deleted {
             doc.tombstones.insert(id.to_string());
         }
         for (owner, id) in hidden {
