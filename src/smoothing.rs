@@ -14,7 +14,7 @@ use bevy::prelude::*;
 
 use crate::PeerSyncSystems;
 use crate::durable::{NetId, Owner};
-use crate::peer::LocalPeer;
+use crate::peer::{LocalPeer, PeerId};
 use crate::stage::StageAppExt;
 
 /// A value that can be blended between two samples.
@@ -64,6 +64,8 @@ impl Default for SmoothingConfig {
 pub struct Interpolated<T> {
     /// Samples as (sender time, value), oldest first.
     samples: VecDeque<(Duration, T)>,
+    /// Whose clock the samples are on: a new sender (a new owner) starts afresh.
+    source: Option<PeerId>,
     /// Smallest seen (local arrival − sender time), in nanoseconds: the clock offset
     /// with the least delay. Negative when the sender's clock started first (it has
     /// run longer than this app).
@@ -76,13 +78,27 @@ impl<T> Interpolated<T> {
     pub fn new(config: SmoothingConfig) -> Self {
         Self {
             samples: VecDeque::new(),
+            source: None,
             offset: None,
             config,
         }
     }
 
-    /// Adds a sample sent at sender time `sent` and received at local time `arrival`.
-    pub(crate) fn push_sample(&mut self, sent: Duration, arrival: Duration, value: T) {
+    /// Adds a sample from `from`, sent at its time `sent` and received at local time
+    /// `arrival`. Samples from another sender than the last (the entity changed
+    /// owner) replace the buffer: the two clocks do not compare.
+    pub(crate) fn push_sample(
+        &mut self,
+        from: PeerId,
+        sent: Duration,
+        arrival: Duration,
+        value: T,
+    ) {
+        if self.source != Some(from) {
+            self.source = Some(from);
+            self.samples.clear();
+            self.offset = None;
+        }
         let offset = arrival.as_nanos() as i128 - sent.as_nanos() as i128;
         self.offset = Some(match self.offset {
             // Follow a faster path at once, a slower one slowly (clock drift).
@@ -229,8 +245,8 @@ mod tests {
             max_extrapolation: ms(100),
             snap_after: ms(500),
         });
-        buffer.push_sample(ms(0), ms(1_000), at(0.0));
-        buffer.push_sample(ms(100), ms(1_100), at(10.0));
+        buffer.push_sample(PeerId(1), ms(0), ms(1_000), at(0.0));
+        buffer.push_sample(PeerId(1), ms(100), ms(1_100), at(10.0));
         // Target sender time = now - 1000 - 50.
         assert!((buffer.sample(ms(1_100)).unwrap().translation.x - 5.0).abs() < 1e-3);
         // 50 ms past the newest sample: extrapolated.
@@ -238,8 +254,26 @@ mod tests {
         // Long past: held at the extrapolation limit.
         assert!((buffer.sample(ms(5_000)).unwrap().translation.x - 20.0).abs() < 1e-3);
         // A sample after a long gap snaps instead of sliding.
-        buffer.push_sample(ms(2_000), ms(3_000), at(100.0));
+        buffer.push_sample(PeerId(1), ms(2_000), ms(3_000), at(100.0));
         assert_eq!(buffer.sample(ms(3_100)).unwrap().translation.x, 100.0);
+    }
+
+    /// Samples from a new sender (the entity changed owner) are on another clock: the
+    /// buffer starts afresh instead of mixing the two.
+    #[test]
+    fn a_new_sender_starts_the_buffer_afresh() {
+        let ms = Duration::from_millis;
+        let mut buffer = Interpolated::<Transform>::new(SmoothingConfig {
+            delay: ms(50),
+            max_extrapolation: ms(100),
+            snap_after: ms(500),
+        });
+        buffer.push_sample(PeerId(1), ms(600_000), ms(1_000), at(0.0));
+        buffer.push_sample(PeerId(1), ms(600_100), ms(1_100), at(10.0));
+        // The new owner's clock is far behind the old one's.
+        buffer.push_sample(PeerId(2), ms(5_000), ms(1_200), at(20.0));
+        buffer.push_sample(PeerId(2), ms(5_100), ms(1_300), at(30.0));
+        assert!((buffer.sample(ms(1_300)).unwrap().translation.x - 25.0).abs() < 1e-3);
     }
 
     /// A sender whose clock started long before ours (its app has run longer: we
@@ -252,8 +286,8 @@ mod tests {
             max_extrapolation: ms(100),
             snap_after: ms(500),
         });
-        buffer.push_sample(ms(600_000), ms(1_000), at(0.0));
-        buffer.push_sample(ms(600_100), ms(1_100), at(10.0));
+        buffer.push_sample(PeerId(1), ms(600_000), ms(1_000), at(0.0));
+        buffer.push_sample(PeerId(1), ms(600_100), ms(1_100), at(10.0));
         assert!((buffer.sample(ms(1_100)).unwrap().translation.x - 5.0).abs() < 1e-3);
         assert!((buffer.sample(ms(1_200)).unwrap().translation.x - 15.0).abs() < 1e-3);
     }

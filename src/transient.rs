@@ -151,8 +151,9 @@ pub(crate) struct TransientType<T> {
     resend: HashMap<Entity, u32>,
     /// Round-robin refresh cursor.
     cursor: usize,
-    /// Last applied sender tick per entity.
-    applied: HashMap<NetId, u32>,
+    /// Per entity, the sender and sender tick of the last applied value. Ticks are
+    /// compared only within one sender's clock: a new owner's clock may be behind.
+    applied: HashMap<NetId, (PeerId, u32)>,
     /// Values for entities not known yet.
     pending: VecDeque<Pending<T>>,
     _type: PhantomData<fn() -> T>,
@@ -634,14 +635,17 @@ fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
             continue;
         }
         let last = kind.applied.get(&pending.id).copied();
-        if last.is_some_and(|last| !tick_after(pending.tick, last)) {
+        if last
+            .is_some_and(|(sender, last)| sender == pending.from && !tick_after(pending.tick, last))
+        {
             count_drop(pending.from, DropReason::Stale);
             continue;
         }
-        kind.applied.insert(pending.id, pending.tick);
+        kind.applied
+            .insert(pending.id, (pending.from, pending.tick));
         if let Ok(mut buffer) = smoothing.get_mut(entity) {
             let sent = Duration::from_millis(u64::from(pending.tick));
-            buffer.push_sample(sent, now, pending.value);
+            buffer.push_sample(pending.from, sent, now, pending.value);
         } else if let Ok(mut current) = targets.get_mut(entity) {
             *current = pending.value;
         } else {

@@ -454,3 +454,73 @@ fn late_receivers_and_other_send_rates_play_back_in_real_time() {
         assert!((lags[1] - lags[0]).abs() < 0.35, "{case}: lags {lags:?}");
     }
 }
+
+/// An entity handed to a peer whose send clock is behind the old owner's (it started
+/// later) moves on every receiver at once: ticks are compared per sender, and the
+/// smoothing buffer starts afresh on the new owner's clock.
+#[test]
+fn a_new_owner_with_a_younger_clock_is_followed_at_once() {
+    let mut room = TestRoom::new(39);
+    let old_owner = room.add_peer(setup);
+    // Ten minutes on the old owner's clock before the others start.
+    room.app_mut(old_owner)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_secs(60)));
+    room.step_n(10);
+    room.app_mut(old_owner)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(
+            bevy_peer_sync::testing::FRAME,
+        ));
+    let new_owner = room.add_peer(setup);
+    let watcher = room.add_peer(setup);
+    assert!(room.step_until(60, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(old_owner)
+        .world_mut()
+        .spawn((Replicated, Cursor { step: 1 }, Transform::default()))
+        .id();
+    room.step_n(10);
+    let id = *room.app(old_owner).world().get::<NetId>(entity).unwrap();
+    assert_eq!(cursor_of(&mut room, watcher, id), Some(Cursor { step: 1 }));
+
+    let to = room
+        .app(new_owner)
+        .world()
+        .resource::<LocalPeer>()
+        .replica();
+    room.app_mut(old_owner)
+        .world_mut()
+        .write_message(TransferOwnership { entity, to });
+    let owned = |room: &mut TestRoom| {
+        let e = room
+            .app(new_owner)
+            .world()
+            .resource::<NetEntities>()
+            .entity(id);
+        e.filter(|e| room.app(new_owner).world().get::<Owner>(*e) == Some(&Owner(Some(to))))
+    };
+    assert!(room.step_until(20, |room| owned(room).is_some()));
+    let mine = owned(&mut room).unwrap();
+    for step in 2..=40u32 {
+        let mut world = room.app_mut(new_owner).world_mut().entity_mut(mine);
+        world.get_mut::<Cursor>().unwrap().step = step;
+        world.get_mut::<Transform>().unwrap().translation.x = step as f32;
+        room.step();
+    }
+    room.step_n(10);
+    assert_eq!(cursor_of(&mut room, watcher, id), Some(Cursor { step: 40 }));
+    let seen = room
+        .app(watcher)
+        .world()
+        .resource::<NetEntities>()
+        .entity(id)
+        .unwrap();
+    let x = room
+        .app(watcher)
+        .world()
+        .get::<Transform>(seen)
+        .unwrap()
+        .translation
+        .x;
+    assert!((x - 40.0).abs() < 0.02, "{x}");
+    assert_eq!(drops(&mut room, watcher, DropReason::Stale), 0);
+}
