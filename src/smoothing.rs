@@ -237,14 +237,20 @@ mod tests {
         Transform::from_xyz(x, 0.0, 0.0)
     }
 
-    #[test]
-    fn interpolates_extrapolates_and_snaps() {
+    /// Delay 50 ms, extrapolation up to 100 ms, snap after 500 ms.
+    fn buffer() -> Interpolated<Transform> {
         let ms = Duration::from_millis;
-        let mut buffer = Interpolated::<Transform>::new(SmoothingConfig {
+        Interpolated::new(SmoothingConfig {
             delay: ms(50),
             max_extrapolation: ms(100),
             snap_after: ms(500),
-        });
+        })
+    }
+
+    #[test]
+    fn interpolates_extrapolates_and_snaps() {
+        let ms = Duration::from_millis;
+        let mut buffer = buffer();
         buffer.push_sample(PeerId(1), ms(0), ms(1_000), at(0.0));
         buffer.push_sample(PeerId(1), ms(100), ms(1_100), at(10.0));
         // Target sender time = now - 1000 - 50.
@@ -263,11 +269,7 @@ mod tests {
     #[test]
     fn a_new_sender_starts_the_buffer_afresh() {
         let ms = Duration::from_millis;
-        let mut buffer = Interpolated::<Transform>::new(SmoothingConfig {
-            delay: ms(50),
-            max_extrapolation: ms(100),
-            snap_after: ms(500),
-        });
+        let mut buffer = buffer();
         buffer.push_sample(PeerId(1), ms(600_000), ms(1_000), at(0.0));
         buffer.push_sample(PeerId(1), ms(600_100), ms(1_100), at(10.0));
         // The new owner's clock is far behind the old one's.
@@ -281,11 +283,7 @@ mod tests {
     #[test]
     fn a_sender_clock_ahead_of_ours_plays_back() {
         let ms = Duration::from_millis;
-        let mut buffer = Interpolated::<Transform>::new(SmoothingConfig {
-            delay: ms(50),
-            max_extrapolation: ms(100),
-            snap_after: ms(500),
-        });
+        let mut buffer = buffer();
         buffer.push_sample(PeerId(1), ms(600_000), ms(1_000), at(0.0));
         buffer.push_sample(PeerId(1), ms(600_100), ms(1_100), at(10.0));
         assert!((buffer.sample(ms(1_100)).unwrap().translation.x - 5.0).abs() < 1e-3);

@@ -381,6 +381,17 @@ fn a_committed_value_outlives_its_owner() {
     assert_eq!(cursor_of(&mut room, c, id), Some(Cursor { step: 42 }));
 }
 
+/// Puts ten minutes on `peer`'s clock (the only app in the room yet) in ten frames,
+/// so that apps added after it start far behind.
+fn run_ten_minutes_alone(room: &mut TestRoom, peer: usize) {
+    let every = TimeUpdateStrategy::ManualDuration;
+    room.app_mut(peer)
+        .insert_resource(every(Duration::from_secs(60)));
+    room.step_n(10);
+    room.app_mut(peer)
+        .insert_resource(every(bevy_peer_sync::testing::FRAME));
+}
+
 /// Smoothing runs on the sender's clock as its datagrams state it: a receiver that
 /// joined long after the sender started (the sender's clock is far ahead), or a sender
 /// at another send rate, is played back in real time, a steady short way behind.
@@ -398,13 +409,7 @@ fn late_receivers_and_other_send_rates_play_back_in_real_time() {
             });
         });
         if receiver_late {
-            // Ten minutes on the sender's clock before the receiver's app starts.
-            let strategy = |every| TimeUpdateStrategy::ManualDuration(every);
-            room.app_mut(sender)
-                .insert_resource(strategy(Duration::from_secs(60)));
-            room.step_n(10);
-            room.app_mut(sender)
-                .insert_resource(strategy(bevy_peer_sync::testing::FRAME));
+            run_ten_minutes_alone(&mut room, sender);
         }
         let receiver = room.add_peer(setup);
         assert!(room.step_until(60, TestRoom::fully_connected), "{case}");
@@ -462,14 +467,7 @@ fn late_receivers_and_other_send_rates_play_back_in_real_time() {
 fn a_new_owner_with_a_younger_clock_is_followed_at_once() {
     let mut room = TestRoom::new(39);
     let old_owner = room.add_peer(setup);
-    // Ten minutes on the old owner's clock before the others start.
-    room.app_mut(old_owner)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_secs(60)));
-    room.step_n(10);
-    room.app_mut(old_owner)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(
-            bevy_peer_sync::testing::FRAME,
-        ));
+    run_ten_minutes_alone(&mut room, old_owner);
     let new_owner = room.add_peer(setup);
     let watcher = room.add_peer(setup);
     assert!(room.step_until(60, TestRoom::fully_connected));
