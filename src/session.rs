@@ -181,6 +181,8 @@ pub(crate) struct Handshake {
     our_fresh: Option<bool>,
     /// What the peer's hello said of [`Hello::fresh`].
     their_fresh: bool,
+    /// When we last answered a hello that asked for an answer.
+    last_answer: Option<Duration>,
 }
 
 impl Handshake {
@@ -208,6 +210,14 @@ impl Handshake {
         } else {
             (self.retry * 2).min(HELLO_RETRY_MAX)
         };
+    }
+
+    /// Whether a hello asking for an answer gets one now: the first always; then at
+    /// most one per half [`HELLO_RETRY`], which an honest peer's repeats never come
+    /// faster than, so a flood of hellos is not answered hello for hello.
+    fn may_answer(&self, now: Duration) -> bool {
+        self.last_answer
+            .is_none_or(|at| now.saturating_sub(at) >= HELLO_RETRY / 2)
     }
 
     fn due(&self, now: Duration) -> bool {
@@ -269,16 +279,28 @@ pub(crate) fn handle_link_events(
     }
 }
 
+/// What one of our hellos says of the handshake: [`Hello::heard`], [`Hello::waiting`],
+/// [`Hello::fresh`].
+#[derive(Debug, Default, Clone, Copy)]
+struct HelloFlags {
+    heard: bool,
+    waiting: bool,
+    fresh: bool,
+}
+
 /// Sends our hello to `peer` (see [`Handshake`]).
 fn send_hello(
     io: &mut TransportIo,
     registry: &SyncRegistry,
     replica: ReplicaId,
     peer: PeerId,
-    heard: bool,
-    waiting: bool,
-    fresh: bool,
+    flags: HelloFlags,
 ) {
+    let HelloFlags {
+        heard,
+        waiting,
+        fresh,
+    } = flags;
     let schema = registry.schema_strings();
     let hello = Message::Hello(Hello {
         crate_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -359,7 +381,6 @@ pub(crate) fn receive_packets(
         };
         let from = packet.peer;
         let now = time.elapsed();
-        let is_hello = matches!(message, Message::Hello(_));
         if let Message::Hello(hello) = &message {
             let handshake = &mut inbound.handshake;
             if handshake.theirs.is_none() {
@@ -370,15 +391,8 @@ pub(crate) fn receive_packets(
                     reject(from, &mut link, reason, &mut rejected);
                     if hello.waiting {
                         // Ours, once, so that they can tell why too.
-                        send_hello(
-                            &mut io,
-                            &registry,
-                            local.replica(),
-                            from,
-                            false,
-                            false,
-                            false,
-                        );
+                        let flags = HelloFlags::default();
+                        send_hello(&mut io, &registry, local.replica(), from, flags);
                     }
                     continue;
                 }
@@ -390,18 +404,15 @@ pub(crate) fn receive_packets(
                 handshake.their_fresh = hello.fresh;
             }
             handshake.ours_heard |= hello.heard;
-            if hello.waiting {
-                let fresh = handshake.fresh(&fresh_docs);
-                send_hello(
-                    &mut io,
-                    &registry,
-                    local.replica(),
-                    from,
-                    true,
-                    !handshake.ours_heard,
-                    fresh,
-                );
+            if hello.waiting && handshake.may_answer(now) {
+                let flags = HelloFlags {
+                    heard: true,
+                    waiting: !handshake.ours_heard,
+                    fresh: handshake.fresh(&fresh_docs),
+                };
+                send_hello(&mut io, &registry, local.replica(), from, flags);
                 handshake.sent(now);
+                handshake.last_answer = Some(now);
             }
         } else if *link == PeerLink::Handshaking && inbound.handshake.theirs.is_some() {
             // Peers send anything but hellos only once connected, which they are only
@@ -422,10 +433,8 @@ pub(crate) fn receive_packets(
                 entity,
             });
         }
-        if is_hello {
-            continue;
-        }
         match message {
+            // Taken above.
             Message::Hello(_) => {}
             other if *link != PeerLink::Connected => {
                 debug!(
@@ -534,17 +543,12 @@ pub(crate) fn repeat_hellos(
             continue;
         }
         debug!("hello to peer `{}`", peer.id);
-        let heard = handshake.theirs.is_some();
-        let fresh = handshake.fresh(&fresh_docs);
-        send_hello(
-            &mut io,
-            &registry,
-            local.replica(),
-            peer.id,
-            heard,
-            true,
-            fresh,
-        );
+        let flags = HelloFlags {
+            heard: handshake.theirs.is_some(),
+            waiting: true,
+            fresh: handshake.fresh(&fresh_docs),
+        };
+        send_hello(&mut io, &registry, local.replica(), peer.id, flags);
         handshake.sent(now);
     }
 }

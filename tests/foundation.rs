@@ -579,3 +579,51 @@ fn game_systems_ordered_around_the_sets_see_the_same_frame() {
     // Peer 0 updates before peer 1 in a step, and the memory network has no delay.
     assert_eq!(room.app(b).world().resource::<Seen>().0, Some(5));
 }
+
+/// A flood of hellos asking for an answer is not answered hello for hello: a peer
+/// cannot make us send its traffic back (our hello, schema included, is the larger).
+#[test]
+fn a_flood_of_hellos_is_answered_once() {
+    let mut room = TestRoom::new(6);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(30);
+    let reliable_in = |room: &mut TestRoom| {
+        let world = room.app_mut(b).world_mut();
+        let mut stats = world.query::<&PeerStats>();
+        stats
+            .single(world)
+            .unwrap()
+            .channel(Channel::Reliable)
+            .packets_in
+    };
+    let before = reliable_in(&mut room);
+    let b_id = room.peer_id(b).unwrap();
+    let b_replica = room.app(b).world().resource::<LocalPeer>().replica();
+    let registry = room.app(b).world().resource::<SyncRegistry>();
+    let hello = wire::encode(&Message::Hello(Hello {
+        crate_version: "0.1.0".into(),
+        replica: b_replica.0,
+        schema_hash: registry.schema_hash(),
+        schema: registry.schema_strings(),
+        heard: true,
+        waiting: true,
+        fresh: false,
+    }))
+    .unwrap();
+    for _ in 0..100 {
+        room.app_mut(a)
+            .world_mut()
+            .resource_mut::<TransportIo>()
+            .insert_received(Packet {
+                peer: b_id,
+                channel: Channel::Reliable,
+                bytes: hello.clone(),
+            });
+    }
+    room.step_n(3);
+    let answers = reliable_in(&mut room) - before;
+    assert!(answers <= 1, "{answers} hellos came back");
+    assert_eq!(room.connected_count(a), 1);
+}
