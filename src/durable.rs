@@ -1328,14 +1328,27 @@ enum Read {
     Shown(Wanted),
 }
 
+/// What reading entities out of the document needs, looked up once.
+struct Reader<'w, V> {
+    world: &'w World,
+    types: &'w [DurableType],
+    local: ReplicaId,
+    visible: V,
+}
+
 /// Reads entity `id` from its document map (`None`: not in the document).
-fn read_entity(
-    world: &World,
+fn read_entity<V: Fn(Option<ReplicaId>) -> bool>(
+    reader: &Reader<V>,
     txn: &Transaction,
     id: NetId,
     map: Option<Out>,
-    visible: impl Fn(Option<ReplicaId>) -> bool,
 ) -> Read {
+    let Reader {
+        world,
+        types,
+        local,
+        ref visible,
+    } = *reader;
     let Some(Out::YMap(map)) = map else {
         return Read::Gone;
     };
@@ -1351,7 +1364,6 @@ fn read_entity(
     if !visible(owner) {
         return Read::Hidden(owner);
     }
-    let types = &world.resource::<DurableTypes>().0;
     let mut held: Vec<Held> = types.iter().map(|_| Held::Absent).collect();
     for (name, value) in components.iter().flat_map(|c| c.iter(txn)) {
         let (Some(index), Out::YMap(fields)) = (types.iter().position(|t| t.name == name), value)
@@ -1366,7 +1378,6 @@ fn read_entity(
             }
         };
     }
-    let local = world.resource::<LocalPeer>().replica();
     let requests = match (owner == Some(local), requests) {
         (true, Some(requests)) => requests
             .keys(txn)
@@ -1388,22 +1399,16 @@ const READS_PER_TASK: usize = 256;
 
 /// [`read_entity`] for many entities, split over the compute threads when there are
 /// enough of them (a late joiner reads the whole room at once).
-fn read_entities(
-    world: &World,
+fn read_entities<V: Fn(Option<ReplicaId>) -> bool + Sync>(
+    reader: &Reader<V>,
     doc: &Doc,
     entries: Vec<(NetId, Out)>,
-    visible: &(impl Fn(Option<ReplicaId>) -> bool + Sync),
 ) -> Vec<(NetId, Read)> {
     let read_part = |part: &[(NetId, Out)]| -> Vec<(NetId, Read)> {
         // Read transactions share the document; each task holds its own.
         let txn = doc.transact();
         part.iter()
-            .map(|(id, out)| {
-                (
-                    *id,
-                    read_entity(world, &txn, *id, Some(out.clone()), visible),
-                )
-            })
+            .map(|(id, out)| (*id, read_entity(reader, &txn, *id, Some(out.clone()))))
             .collect()
     };
     let pool = bevy::tasks::ComputeTaskPool::get_or_init(bevy::tasks::TaskPool::default);
@@ -1437,46 +1442,43 @@ fn materialise(
         (OwnerLeftPolicy::Orphan, _) => true,
         (OwnerLeftPolicy::Despawn, _) => false,
     };
+    let everything = matches!(dirty, Dirty::All);
     // Read the document first, then touch the world.
     let mut wanted: Vec<Wanted> = Vec::new();
-    let mut gone: Vec<NetId> = Vec::new();
-    let mut hidden: Vec<(ReplicaId, NetId)> = Vec::new();
     let mut deleted: Vec<NetId> = Vec::new();
+    let mut hidden: Vec<(Option<ReplicaId>, NetId)> = Vec::new();
     {
-        let world_ref: &World = world;
-        let doc = world_ref.resource::<EntityDoc>();
+        let reader = Reader {
+            world,
+            types: &world.resource::<DurableTypes>().0,
+            local,
+            visible,
+        };
+        let doc = world.resource::<EntityDoc>();
         let txn = doc.doc().transact();
         let root = txn.get_map(ENTITIES);
         let mut take = |id: NetId, read: Read| match read {
-            Read::Gone => {
-                deleted.push(id);
-                gone.push(id);
-            }
-            Read::Hidden(owner) => {
-                if let Some(owner) = owner {
-                    hidden.push((owner, id));
-                }
-                gone.push(id);
-            }
+            Read::Gone => deleted.push(id),
+            Read::Hidden(owner) => hidden.push((owner, id)),
             Read::Shown(want) => wanted.push(want),
         };
         match dirty {
             Dirty::All => {
-                let net = &world_ref.resource::<NetEntities>().map;
-                let mut in_doc = HashSet::with_capacity(if net.is_empty() { 0 } else { net.len() });
                 let entries: Vec<(NetId, Out)> = root
                     .iter()
                     .flat_map(|root| root.iter(&txn))
                     .filter_map(|(key, value)| Some((NetId::parse(key)?, value)))
                     .collect();
+                // Entities in the world that the document no longer holds.
+                let net = &world.resource::<NetEntities>().map;
                 if !net.is_empty() {
-                    in_doc.extend(entries.iter().map(|(id, _)| *id));
+                    let in_doc: HashSet<NetId> = entries.iter().map(|(id, _)| *id).collect();
+                    for id in net.keys().filter(|id| !in_doc.contains(*id)) {
+                        take(*id, Read::Gone);
+                    }
                 }
-                for (id, read) in read_entities(world_ref, doc.doc(), entries, &visible) {
+                for (id, read) in read_entities(&reader, doc.doc(), entries) {
                     take(id, read);
-                }
-                for id in net.keys().filter(|id| !in_doc.contains(*id)) {
-                    take(*id, Read::Gone);
                 }
             }
             Dirty::Keys(keys) => {
@@ -1485,21 +1487,30 @@ fn materialise(
                         continue;
                     };
                     let entry = root.as_ref().and_then(|r| r.get(&txn, &key));
-                    take(id, read_entity(world_ref, &txn, id, entry, visible));
+                    take(id, read_entity(&reader, &txn, id, entry));
                 }
             }
         }
     }
     {
         let mut doc = world.resource_mut::<EntityDoc>();
+        if everything {
+            // Rebuilt from this full read.
+            doc.hidden.clear();
+        }
         // Only entities deleted from the document: a hidden one is still there.
-        for id in deleted {
+        for id in &deleted {
             doc.tombstones.insert(id.to_string());
         }
-        for (owner, id) in hidden {
-            doc.hidden.entry(owner).or_default().insert(id);
+        for (owner, id) in &hidden {
+            if let Some(owner) = owner {
+                doc.hidden.entry(*owner).or_default().insert(*id);
+            }
         }
     }
+    let gone = deleted
+        .into_iter()
+        .chain(hidden.into_iter().map(|(_, id)| id));
     for id in gone {
         if let Some(entity) = world.resource_mut::<NetEntities>().map.remove(&id)
             && let Ok(entity) = world.get_entity_mut(entity)
@@ -1606,19 +1617,24 @@ mod tests {
         a: u32,
     }
 
-    fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> Result<T, String> {
+    /// Writes `value` as a component's fields map and reads it back as a `T`.
+    fn read_back<T: DeserializeOwned>(value: Any) -> Result<T, String> {
         let doc = Doc::new();
         let root = doc.get_or_insert_map("root");
         {
             let mut txn = doc.transact_mut();
             let map = child_map(&root, &mut txn, "value");
-            write_fields(&map, &mut txn, yrs::encoding::serde::to_any(value).unwrap());
+            write_fields(&map, &mut txn, value);
         }
         let txn = doc.transact();
         let Some(Out::YMap(map)) = root.get(&txn, "value") else {
             panic!("the fields map was written");
         };
         read_value::<T>(&map, &txn)
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> Result<T, String> {
+        read_back(yrs::encoding::serde::to_any(value).unwrap())
     }
 
     /// Every serde shape a component can take comes back from its fields map as it
@@ -1645,17 +1661,6 @@ mod tests {
         assert_eq!(round_trip(&7u32).unwrap(), 7);
         assert_eq!(round_trip(&Strict { a: 4 }).unwrap(), Strict { a: 4 });
         // A value of another shape is an error, not a panic.
-        let doc = Doc::new();
-        let root = doc.get_or_insert_map("root");
-        {
-            let mut txn = doc.transact_mut();
-            let map = child_map(&root, &mut txn, "value");
-            write_fields(&map, &mut txn, Any::from("not a struct"));
-        }
-        let txn = doc.transact();
-        let Some(Out::YMap(map)) = root.get(&txn, "value") else {
-            panic!("the fields map was written");
-        };
-        assert!(read_value::<Fields>(&map, &txn).is_err());
+        assert!(read_back::<Fields>(Any::from("not a struct")).is_err());
     }
 }

@@ -474,12 +474,10 @@ pub(crate) fn plugin(app: &mut App) {
             )
                 .chain(),
         )
-        .add_stage_systems(
-            PeerSyncSystems::Collect,
-            (send_local_updates, note_fresh_docs),
-        )
-        // Also before this frame's hellos are answered: a save loaded at start-up
-        // makes a peer not fresh from its first frame.
+        .add_stage_systems(PeerSyncSystems::Collect, send_local_updates)
+        // Before hellos are answered or sent this frame (a save loaded at start-up makes
+        // a peer not fresh from its first frame; edits of this frame count from the
+        // next, which a hint can afford).
         .add_stage_systems(
             PeerSyncSystems::Receive,
             note_fresh_docs.before(crate::session::receive_packets),
@@ -496,24 +494,24 @@ fn send_state_vectors(
     links: Query<&crate::session::Inbound>,
     mut outbox: ResMut<Outbox>,
 ) {
+    let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, &doc)];
+    if let Some(entities) = &entities {
+        docs.push((DocId::Entities, entities));
+    }
+    // Each document's whole state, encoded once however many fresh peers join.
+    let mut whole: Vec<Option<Message>> = vec![None; docs.len()];
     for joined in joined.read() {
         let to = Recipients::Peer(joined.peer);
         let Ok(inbound) = links.get(joined.entity) else {
             continue;
         };
         let handshake = &inbound.handshake;
-        let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, &doc)];
-        if let Some(entities) = &entities {
-            docs.push((DocId::Entities, entities));
-        }
-        for (id, synced) in docs {
+        for (&(id, synced), whole) in docs.iter().zip(&mut whole) {
             if handshake.they_want_everything() {
-                let state = synced.diff_for(&StateVector::default());
-                outbox.push(
-                    to,
-                    Channel::Reliable,
-                    encode_sync(id, SyncMessage::SyncStep2(state)),
-                );
+                let state = whole.get_or_insert_with(|| {
+                    encode_sync(id, SyncMessage::SyncStep2(synced.encode_state()))
+                });
+                outbox.push(to, Channel::Reliable, state.clone());
             }
             if !handshake.we_are_sent_everything() {
                 outbox.push(to, Channel::Reliable, step1(id, synced));
