@@ -48,6 +48,19 @@ fn drops(room: &mut TestRoom, peer: usize, reason: DropReason) -> u64 {
         .sum()
 }
 
+/// The x of `id`'s `Transform` as `peer` shows it.
+fn x_of(room: &TestRoom, peer: usize, id: NetId) -> f32 {
+    let world = room.app(peer).world();
+    let entity = world.resource::<NetEntities>().entity(id).unwrap();
+    world.get::<Transform>(entity).unwrap().translation.x
+}
+
+/// Moves `entity`, owned by `peer`, to `x`.
+fn set_x(room: &mut TestRoom, peer: usize, entity: Entity, x: f32) {
+    let world = room.app_mut(peer).world_mut();
+    world.get_mut::<Transform>(entity).unwrap().translation.x = x;
+}
+
 #[test]
 fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
     let mut room = TestRoom::new(31);
@@ -300,26 +313,9 @@ fn transforms_are_smoothed_and_land_on_the_final_pose() {
     let id = *room.app(0).world().get::<NetId>(entity).unwrap();
     let mut previous_x = 0.0f32;
     for step in 1..=120 {
-        room.app_mut(0)
-            .world_mut()
-            .get_mut::<Transform>(entity)
-            .unwrap()
-            .translation
-            .x = step as f32 * 0.1;
+        set_x(&mut room, 0, entity, step as f32 * 0.1);
         room.step();
-        let remote = room
-            .app(1)
-            .world()
-            .resource::<NetEntities>()
-            .entity(id)
-            .unwrap();
-        let x = room
-            .app(1)
-            .world()
-            .get::<Transform>(remote)
-            .unwrap()
-            .translation
-            .x;
+        let x = x_of(&room, 1, id);
         // Smoothed motion never jumps backwards by more than the quantization step.
         assert!(
             x + 0.011 >= previous_x,
@@ -328,19 +324,7 @@ fn transforms_are_smoothed_and_land_on_the_final_pose() {
         previous_x = x;
     }
     room.step_n(30);
-    let remote = room
-        .app(1)
-        .world()
-        .resource::<NetEntities>()
-        .entity(id)
-        .unwrap();
-    let x = room
-        .app(1)
-        .world()
-        .get::<Transform>(remote)
-        .unwrap()
-        .translation
-        .x;
+    let x = x_of(&room, 1, id);
     assert!((x - 12.0).abs() < 0.006, "{x}");
 }
 
@@ -420,35 +404,13 @@ fn late_receivers_and_other_send_rates_play_back_in_real_time() {
             .id();
         room.step_n(10);
         let id = *room.app(sender).world().get::<NetId>(entity).unwrap();
-        let x_of = |room: &TestRoom, peer: usize| {
-            let entity = match peer {
-                p if p == sender => entity,
-                _ => room
-                    .app(peer)
-                    .world()
-                    .resource::<NetEntities>()
-                    .entity(id)
-                    .unwrap(),
-            };
-            room.app(peer)
-                .world()
-                .get::<Transform>(entity)
-                .unwrap()
-                .translation
-                .x
-        };
         // 6 units a second, for 4 s; the lag is measured after 1 s and at the end.
         let mut lags = Vec::new();
         for step in 1..=240 {
-            room.app_mut(sender)
-                .world_mut()
-                .get_mut::<Transform>(entity)
-                .unwrap()
-                .translation
-                .x = step as f32 * 0.1;
+            set_x(&mut room, sender, entity, step as f32 * 0.1);
             room.step();
             if step == 60 || step == 240 {
-                lags.push(x_of(&room, sender) - x_of(&room, receiver));
+                lags.push(x_of(&room, sender, id) - x_of(&room, receiver, id));
             }
         }
         // Behind by the playback delay and a send interval or two (at 6 units/s, 0.1
@@ -506,19 +468,7 @@ fn a_new_owner_with_a_younger_clock_is_followed_at_once() {
     }
     room.step_n(10);
     assert_eq!(cursor_of(&mut room, watcher, id), Some(Cursor { step: 40 }));
-    let seen = room
-        .app(watcher)
-        .world()
-        .resource::<NetEntities>()
-        .entity(id)
-        .unwrap();
-    let x = room
-        .app(watcher)
-        .world()
-        .get::<Transform>(seen)
-        .unwrap()
-        .translation
-        .x;
+    let x = x_of(&room, watcher, id);
     assert!((x - 40.0).abs() < 0.02, "{x}");
     assert_eq!(drops(&mut room, watcher, DropReason::Stale), 0);
 }
