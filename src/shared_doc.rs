@@ -63,6 +63,8 @@ use yrs::{
     TransactionMut, Update,
 };
 
+pub mod nesting;
+
 use crate::PeerSyncSystems;
 use crate::peer::{PeerId, PeerJoined, Peers};
 use crate::session::{FreshDocs, Inbox, Outbox, Recipients};
@@ -364,6 +366,10 @@ pub(crate) fn leaves_hole(update: &Update, known: &StateVector) -> bool {
 pub(crate) fn decode_update(bytes: &[u8], limits: &DocLimits) -> Result<Update, DropReason> {
     if bytes.len() > limits.max_update_size {
         return Err(DropReason::Oversized);
+    }
+    // yrs would recurse through the nesting (and overflow the stack) before any check.
+    if nesting::any_depth(bytes).is_some_and(|depth| depth > nesting::MAX_ANY_DEPTH) {
+        return Err(DropReason::Malformed);
     }
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => Ok(update),
