@@ -239,7 +239,12 @@ pub struct EntityDoc {
     shadow_touched: Arc<Mutex<Touched>>,
     main_touched: Arc<Mutex<Touched>>,
     held: VecDeque<HeldUpdate>,
-    queued: Vec<(PeerId, Update, Vec<u8>, bool)>,
+    /// Live updates from peers (checked to decode), applied once allowed.
+    live: Vec<(PeerId, Vec<u8>)>,
+    /// Y-sync catch-up from peers, decoded as it is applied.
+    catch_up: Vec<(PeerId, Vec<u8>)>,
+    /// A saved state of this document, applied before any catch-up.
+    saved: Vec<Update>,
     /// Entities seen deleted from the document: edits racing their despawn are harmless.
     tombstones: HashSet<String>,
     /// Entities not in the world because their owner is away
@@ -264,6 +269,13 @@ impl std::ops::Deref for EntityDoc {
 
     fn deref(&self) -> &SyncedDoc {
         &self.synced
+    }
+}
+
+/// For its settings ([`SyncedDoc::limits`], [`SyncedDoc::piece_size`]).
+impl std::ops::DerefMut for EntityDoc {
+    fn deref_mut(&mut self) -> &mut SyncedDoc {
+        &mut self.synced
     }
 }
 
@@ -349,7 +361,9 @@ impl EntityDoc {
             shadow_touched,
             main_touched,
             held: VecDeque::new(),
-            queued: Vec::new(),
+            live: Vec::new(),
+            catch_up: Vec::new(),
+            saved: Vec::new(),
             tombstones: HashSet::new(),
             hidden: HashMap::new(),
             refused: 0,
@@ -360,20 +374,20 @@ impl EntityDoc {
         self.synced.doc().get_or_insert_map(ENTITIES)
     }
 
-    pub(crate) fn queue_remote(
-        &mut self,
-        from: PeerId,
-        update: Update,
-        bytes: Vec<u8>,
-        live: bool,
-    ) {
-        self.queued.push((from, update, bytes, live));
+    /// Queues a live update from a peer, checked for ownership before it is applied.
+    pub(crate) fn queue_live(&mut self, from: PeerId, bytes: Vec<u8>) {
+        self.live.push((from, bytes));
+    }
+
+    /// Queues y-sync catch-up from a peer, still encoded.
+    pub(crate) fn queue_catch_up(&mut self, from: PeerId, bytes: Vec<u8>) {
+        self.catch_up.push((from, bytes));
     }
 
     /// Queues a saved state of this document (see [`crate::persistence`]): applied
     /// like a y-sync catch-up, unchecked (it is this peer's own past state).
     pub(crate) fn queue_saved(&mut self, update: Update) {
-        self.queued.push((PeerId(0), update, Vec::new(), false));
+        self.saved.push(update);
     }
 
     /// Rebuilds the shadow from the main document (after a refused update).
@@ -1115,15 +1129,11 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
         }
     }
     let mut refused_from: Vec<PeerId> = Vec::new();
+    let mut malformed: Vec<(PeerId, DropReason)> = Vec::new();
     {
         let mut doc = world.resource_mut::<EntityDoc>();
-        let queued = std::mem::take(&mut doc.queued);
-        let mut catch_up = Vec::new();
-        for (from, update, bytes, live) in queued {
-            if !live {
-                catch_up.push(update);
-                continue;
-            }
+        let live = std::mem::take(&mut doc.live);
+        for (from, bytes) in live {
             // A peer may have at most `MAX_HELD_PER_PEER` updates waiting; past that
             // (a flood of writes it may not make) the rest are refused at once.
             if doc.held.iter().filter(|h| h.from == from).count() >= MAX_HELD_PER_PEER {
@@ -1138,25 +1148,35 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
                 since: now,
             });
         }
-        // A catch-up that brings nothing new (the usual answer of a peer that was
-        // already in step) is skipped: no re-read of the world for it.
-        let known = doc.state_vector();
-        catch_up.retain(|update| {
-            update.extends(&known)
-                || !update.delete_set().is_empty()
-                || crate::shared_doc::leaves_hole(update, &known)
-        });
-        if !catch_up.is_empty() {
+        let saved: Vec<_> = doc.saved.drain(..).map(|u| (PeerId(0), u)).collect();
+        let catch_up = std::mem::take(&mut doc.catch_up);
+        if !saved.is_empty() || !catch_up.is_empty() {
             // y-sync catch-up: relayed state, applied as is (see the module docs), in
             // one transaction, without per-change tracking: everything is re-read.
-            doc.shadow_stale = true;
-            doc.everything_dirty = true;
+            // One that brings nothing new (the usual answer of a peer that was already
+            // in step) is skipped: no re-read of the world for it.
+            let known = doc.state_vector();
+            let mut news = false;
+            let brings_news = |_: PeerId, update: &Update| {
+                let new = update.extends(&known)
+                    || !update.delete_set().is_empty()
+                    || crate::shared_doc::leaves_hole(update, &known);
+                news |= new;
+                new
+            };
             let root = doc.root();
             root.unobserve_deep(TOUCH_OBSERVER);
-            if let Err(error) = doc.synced.apply_remote(catch_up) {
+            let applied = doc
+                .synced
+                .apply_encoded(saved, catch_up, brings_news, &mut malformed);
+            if let Err(error) = applied {
                 error!("a sync update failed to apply: {error}");
             }
             attach_touch_observer(doc.synced.doc(), Arc::clone(&doc.main_touched));
+            if news {
+                doc.shadow_stale = true;
+                doc.everything_dirty = true;
+            }
         }
         // Live updates, in arrival order; one not yet allowed holds back later ones
         // from the same sender (yrs needs each client's updates in order anyway).
@@ -1228,10 +1248,17 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
         }
         doc.held = still_held;
     }
-    for from in refused_from {
+    for (from, reason) in refused_from
+        .into_iter()
+        .map(|from| (from, DropReason::NotOwner))
+        .chain(malformed)
+    {
+        if reason != DropReason::NotOwner {
+            debug!("refused a document update from peer `{from}`: {reason:?}");
+        }
         let entity = world.resource::<Peers>().entity(from);
         if let Some(mut stats) = entity.and_then(|e| world.get_mut::<PeerStats>(e)) {
-            stats.count_drop(DropReason::NotOwner);
+            stats.count_drop(reason);
         }
     }
     let touched = {

@@ -14,6 +14,8 @@
 //!   peer whose documents are still empty when a link opens says so in its hello
 //!   ([`Hello::fresh`](crate::wire::Hello::fresh)): the other side sends it its whole
 //!   state as they join, and it asks nothing, which saves a new player a round trip.
+//!   A large diff goes in [`pieces`], each an update of its own, so the receiver
+//!   decodes one while it integrates the one before.
 //! - **Bad input** (an update that does not decode, or one over
 //!   [`DocLimits::max_update_size`]) is refused as a whole before it touches the
 //!   document, and counted on the sender's [`PeerStats`].
@@ -64,6 +66,8 @@ use yrs::{
 };
 
 pub mod nesting;
+pub mod pieces;
+mod v1;
 
 use crate::PeerSyncSystems;
 use crate::peer::{PeerId, PeerJoined, Peers};
@@ -139,6 +143,11 @@ pub struct SyncedDoc {
     last_asked: Mutex<Option<Duration>>,
     /// Limits on what peers send for this document.
     pub limits: DocLimits,
+    /// Catch-up updates (a late joiner's whole state, the answer to a y-sync step 1)
+    /// at least twice this many bytes are sent in pieces of about this size, which the
+    /// receiver decodes while it applies the one before (see [`pieces`]). Default
+    /// [`pieces::PIECE_SIZE`]; `usize::MAX` sends them whole.
+    pub piece_size: usize,
 }
 
 impl std::fmt::Debug for SyncedDoc {
@@ -178,6 +187,7 @@ impl SyncedDoc {
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             limits: DocLimits::default(),
+            piece_size: pieces::PIECE_SIZE,
         }
     }
 
@@ -241,38 +251,51 @@ impl SyncedDoc {
     /// [module docs](self)) and is applied here, in a later call, once the hole is
     /// filled, and the plugin asks the room for the missing part.
     pub fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
+        self.apply_in_turn(&mut updates.into_iter()).map(|_| ())
+    }
+
+    /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile);
+    /// returns how many were applied.
+    fn apply_in_turn(&self, updates: &mut dyn Iterator<Item = Update>) -> Result<u64, String> {
         // Waiting updates can only become ready once new remote history arrives: with
         // none, nothing to retry (this runs every frame).
-        if updates.is_empty() {
-            return Ok(());
+        let mut updates = updates.peekable();
+        if updates.peek().is_none() {
+            return Ok(0);
         }
         let mut waiting =
             std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
-        waiting.extend(updates.into_iter().map(|update| (update, 0)));
         let mut applied = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
-            loop {
-                let known = txn.state_vector();
-                let (ready, held): (Vec<_>, Vec<_>) = waiting
-                    .drain(..)
-                    .partition(|(update, _)| !leaves_hole(update, &known));
-                waiting = held;
-                if ready.is_empty() {
-                    return Ok(());
-                }
-                for (update, _) in ready {
-                    applied += 1;
-                    txn.apply_update(update).map_err(|e| e.to_string())?;
+            for update in updates {
+                // Apply what is ready: this update, and what it lets through.
+                waiting.push((update, 0));
+                loop {
+                    let known = txn.state_vector();
+                    let (ready, held): (Vec<_>, Vec<_>) = waiting
+                        .drain(..)
+                        .partition(|(update, _)| !leaves_hole(update, &known));
+                    waiting = held;
+                    if ready.is_empty() {
+                        break;
+                    }
+                    for (update, _) in ready {
+                        applied += 1;
+                        txn.apply_update(update).map_err(|e| e.to_string())?;
+                    }
                 }
             }
+            Ok(())
         }));
         self.updates.fetch_add(applied, Ordering::Relaxed);
         if waiting.len() > MAX_WAITING {
             waiting.drain(..waiting.len() - MAX_WAITING);
         }
         *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
-        result.unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+        result
+            .unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+            .map(|()| applied)
     }
 
     /// How many remote updates wait for an earlier part of their client's history.
@@ -344,6 +367,124 @@ impl SyncedDoc {
     pub fn diff_for(&self, remote: &StateVector) -> Vec<u8> {
         self.doc.transact().encode_diff_v1(remote)
     }
+
+    /// [`SyncedDoc::diff_for`] in pieces of about [`SyncedDoc::piece_size`] bytes, each
+    /// an update of its own, to apply in order (see [`pieces`]).
+    pub(crate) fn diff_pieces_for(&self, remote: &StateVector) -> Vec<Vec<u8>> {
+        let (diff, ends) = {
+            let txn = self.doc.transact();
+            (txn.encode_diff_v1(remote), txn.state_vector())
+        };
+        match pieces::split(&diff, self.piece_size, &ends) {
+            Some(pieces) => pieces,
+            None => vec![diff],
+        }
+    }
+
+    /// Decodes remote updates (refusing bad ones, see [`decode_update`]) and applies
+    /// those `keep` accepts, in one transaction, after the already decoded `decoded`.
+    ///
+    /// A large batch is applied on another thread while this one decodes the next
+    /// update: a late joiner's catch-up, sent in [`pieces`], is integrated about as
+    /// soon as yrs has integrated it, instead of after yrs decoded all of it first.
+    /// Returns how many updates were applied; refused ones are pushed on `refused`
+    /// with the reason.
+    pub(crate) fn apply_encoded(
+        &self,
+        decoded: Vec<(PeerId, Update)>,
+        encoded: Vec<(PeerId, Vec<u8>)>,
+        mut keep: impl FnMut(PeerId, &Update) -> bool + Send,
+        refused: &mut Vec<(PeerId, DropReason)>,
+    ) -> Result<u64, String> {
+        let bytes: usize = encoded.iter().map(|(_, b)| b.len()).sum();
+        let worth_a_thread = encoded.len() > 1 && bytes >= PIPELINE_MIN_BYTES;
+        let limits = self.limits;
+        decoded_in_turn(
+            encoded,
+            worth_a_thread,
+            |(from, bytes)| (from, decode_update(&bytes, &limits)),
+            |incoming| {
+                let decoded = decoded.into_iter().map(|(from, u)| (from, Ok(u)));
+                let mut updates =
+                    decoded
+                        .chain(incoming)
+                        .filter_map(|(from, update)| match update {
+                            Ok(update) => keep(from, &update).then_some(update),
+                            Err(reason) => {
+                                refused.push((from, reason));
+                                None
+                            }
+                        });
+                self.apply_in_turn(&mut updates)
+            },
+        )
+    }
+}
+
+/// Bytes of updates in one batch from which applying them on another thread while
+/// this one decodes pays for starting it (about 50 µs).
+const PIPELINE_MIN_BYTES: usize = 64 * 1024;
+
+/// Hands `items`, each through `decode`, to `apply` in order. When `worth_a_thread`
+/// (and the machine has a second core), `apply` runs on a scoped thread and works on
+/// the last item while this one decodes the next.
+///
+/// Decoding stays here: it allocates every block, and this thread's allocator is warm
+/// (a new thread's starts cold, which made decoding there half as fast again). A
+/// thread of its own rather than Bevy's task pool, as `apply` blocks waiting for the
+/// decoder, so the two must surely run at once, which the pool does not promise.
+fn decoded_in_turn<T, R: Send, O: Send>(
+    items: Vec<T>,
+    worth_a_thread: bool,
+    decode: impl Fn(T) -> R,
+    apply: impl FnOnce(&mut dyn Iterator<Item = R>) -> O + Send,
+) -> O {
+    #[cfg(not(target_arch = "wasm32"))]
+    if worth_a_thread && second_core() {
+        // Taken back if the thread cannot start.
+        let apply = Mutex::new(Some(apply));
+        let took = |apply: &Mutex<Option<_>>| {
+            apply
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .expect("`apply` is taken once, by the thread or after it failed to start")
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let mut items = items.into_iter();
+        let result = std::thread::scope(|scope| {
+            let applier = std::thread::Builder::new()
+                .name("bevy_peer_sync apply".into())
+                .spawn_scoped(scope, {
+                    let apply = &apply;
+                    move || took(apply)(&mut receiver.into_iter())
+                });
+            let Ok(applier) = applier else {
+                return None;
+            };
+            for item in items.by_ref() {
+                if sender.send(decode(item)).is_err() {
+                    break;
+                }
+            }
+            drop(sender);
+            Some(
+                applier
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        // No thread to be had: apply here.
+        return result.unwrap_or_else(|| took(&apply)(&mut items.map(decode)));
+    }
+    let _ = worth_a_thread;
+    apply(&mut items.into_iter().map(decode))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn second_core() -> bool {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
 }
 
 /// Whether applying `update` to a document at state `known` would continue some
@@ -385,6 +526,15 @@ pub(crate) fn encode_sync(doc: DocId, message: SyncMessage) -> Message {
 }
 
 /// Step 1 of y-sync (this document's state vector) for document `doc`.
+/// Y-sync step 2: what a peer at `remote` is missing, in [`pieces`].
+fn step2(doc: DocId, synced: &SyncedDoc, remote: &StateVector) -> Vec<Message> {
+    let pieces = synced.diff_pieces_for(remote);
+    pieces
+        .into_iter()
+        .map(|piece| encode_sync(doc, SyncMessage::SyncStep2(piece)))
+        .collect()
+}
+
 fn step1(doc: DocId, synced: &SyncedDoc) -> Message {
     encode_sync(doc, SyncMessage::SyncStep1(synced.state_vector()))
 }
@@ -505,7 +655,7 @@ fn send_state_vectors(
         docs.push((DocId::Entities, entities));
     }
     // Each document's whole state, encoded once however many fresh peers join.
-    let mut whole: Vec<Option<Message>> = vec![None; docs.len()];
+    let mut whole: Vec<Option<Vec<Message>>> = vec![None; docs.len()];
     for joined in joined.read() {
         let to = Recipients::Peer(joined.peer);
         let Ok(inbound) = links.get(joined.entity) else {
@@ -514,10 +664,10 @@ fn send_state_vectors(
         let handshake = &inbound.handshake;
         for (&(id, synced), whole) in docs.iter().zip(&mut whole) {
             if handshake.they_want_everything() {
-                let state = whole.get_or_insert_with(|| {
-                    encode_sync(id, SyncMessage::SyncStep2(synced.encode_state()))
-                });
-                outbox.push(to, Channel::Reliable, state.clone());
+                let state = whole.get_or_insert_with(|| step2(id, synced, &StateVector::default()));
+                for piece in state.iter() {
+                    outbox.push(to, Channel::Reliable, piece.clone());
+                }
             }
             if !handshake.we_are_sent_everything() {
                 outbox.push(to, Channel::Reliable, step1(id, synced));
@@ -586,7 +736,6 @@ pub(crate) fn receive_doc_messages(
         return;
     }
     let mut room_updates = Vec::new();
-    let mut room_from = Vec::new();
     let mut drop = |peer: PeerId, reason: DropReason, what: &str| {
         debug!("refused {what} from peer `{peer}`: {reason:?}");
         if let Some(mut stats) = peers.entity(peer).and_then(|e| stats.get_mut(e).ok()) {
@@ -617,39 +766,46 @@ pub(crate) fn receive_doc_messages(
         };
         match message {
             SyncMessage::SyncStep1(remote) => {
-                let diff = synced.diff_for(&remote);
-                outbox.push(
-                    Recipients::Peer(peer),
-                    Channel::Reliable,
-                    encode_sync(doc_id, SyncMessage::SyncStep2(diff)),
-                );
+                for piece in step2(doc_id, synced, &remote) {
+                    outbox.push(Recipients::Peer(peer), Channel::Reliable, piece);
+                }
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
-                let live = matches!(message_kind, MessageKind::Update);
-                let update = match decode_update(&bytes, &synced.limits) {
-                    Ok(update) => update,
-                    Err(reason) => {
-                        drop(peer, reason, "a document update");
-                        continue;
+                // Decoded where they are applied: large catch-ups, decoded while
+                // applied (see `SyncedDoc::apply_encoded`).
+                match (doc_id, message_kind, entity_doc.as_mut()) {
+                    (DocId::Room, _, _) => room_updates.push((peer, bytes)),
+                    (DocId::Entities, MessageKind::Sync, Some(entities)) => {
+                        entities.queue_catch_up(peer, bytes);
                     }
-                };
-                match doc_id {
-                    DocId::Room => {
-                        room_updates.push(update);
-                        if !room_from.contains(&peer) {
-                            room_from.push(peer);
+                    (DocId::Entities, MessageKind::Update, Some(entities)) => {
+                        match decode_update(&bytes, &entities.limits) {
+                            Ok(_) => entities.queue_live(peer, bytes),
+                            Err(reason) => drop(peer, reason, "a document update"),
                         }
                     }
-                    DocId::Entities => {
-                        if let Some(entities) = entity_doc.as_mut() {
-                            entities.queue_remote(peer, update, bytes, live);
-                        }
-                    }
+                    (DocId::Entities, _, None) => {}
                 }
             }
         }
     }
-    if let Err(error) = doc.apply_remote(room_updates) {
+    let mut room_from = Vec::new();
+    let mut refused = Vec::new();
+    let applied = doc.apply_encoded(
+        Vec::new(),
+        room_updates,
+        |from, _| {
+            if !room_from.contains(&from) {
+                room_from.push(from);
+            }
+            true
+        },
+        &mut refused,
+    );
+    for (peer, reason) in refused {
+        drop(peer, reason, "a document update");
+    }
+    if let Err(error) = applied {
         error!("a remote update failed to apply to the shared document: {error}");
     }
     if !room_from.is_empty() {

@@ -295,8 +295,14 @@ fn convergence_run(seed: u64) {
         reorder: 0.2,
         duplicate: 0.1,
     });
+    // Odd seeds send catch-up in pieces of a few blocks each (pieces from several
+    // clients, some needing blocks of a later piece), even seeds whole.
+    let piece_size = if seed % 2 == 1 { 64 } else { usize::MAX };
     for _ in 0..peers {
-        room.add_peer(orphan_setup);
+        let peer = room.add_peer(orphan_setup);
+        let world = room.app_mut(peer).world_mut();
+        world.resource_mut::<EntityDoc>().piece_size = piece_size;
+        world.resource_mut::<SharedDoc>().piece_size = piece_size;
     }
     assert!(
         room.step_until(120, TestRoom::fully_connected),

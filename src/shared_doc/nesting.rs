@@ -7,185 +7,31 @@
 //! this iterative reader before yrs decodes it, and one nested deeper than
 //! [`MAX_ANY_DEPTH`] is refused (dropped and counted as malformed).
 //!
-//! The reader follows the v1 update layout of yrs 0.28 (blocks by client, item
-//! headers, contents) only as far as it must to find every `Any`; where the bytes stop
-//! making sense to it, it says so (`None`) and yrs' own decoder judges them.
+//! The layout reader (`shared_doc/v1.rs`) follows the update layout only as far as it must to
+//! find every `Any`; where the bytes stop making sense to it, it says so (`None`) and
+//! yrs' own decoder judges them.
+
+use super::v1;
 
 /// Nesting of `Any` arrays and maps an update may hold. Game state nests a few levels;
 /// yrs' recursion costs far below a thread's stack at this depth.
 pub const MAX_ANY_DEPTH: usize = 100;
 
-struct Bytes<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let byte = *self.bytes.get(self.at)?;
-        self.at += 1;
-        Some(byte)
-    }
-
-    /// An unsigned or signed variable-length integer (7 bits a byte, high bit set on
-    /// all but the last); unsigned values are returned.
-    fn var(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn skip(&mut self, len: u64) -> Option<()> {
-        let end = self.at.checked_add(usize::try_from(len).ok()?)?;
-        (end <= self.bytes.len()).then(|| self.at = end)
-    }
-
-    /// A string or buffer: its length, then its bytes.
-    fn buf(&mut self) -> Option<()> {
-        let len = self.var()?;
-        self.skip(len)
-    }
-}
-
 /// The deepest `Any` nesting in v1 update `bytes` (0 for none, 1 for a flat array or
 /// map); `None` if the bytes do not follow the layout.
 pub fn any_depth(bytes: &[u8]) -> Option<usize> {
-    let mut r = Bytes { bytes, at: 0 };
+    let mut r = v1::Reader::new(bytes);
     let mut deepest = 0;
     for _ in 0..r.var()? {
         let blocks = r.var()?;
         r.var()?; // client
         r.var()?; // clock
         for _ in 0..blocks {
-            deepest = deepest.max(block(&mut r)?);
+            deepest = deepest.max(v1::block(&mut r, false)?.depth);
         }
     }
     // The delete set that follows holds no values.
     Some(deepest)
-}
-
-const HAS_ORIGIN: u8 = 0b1000_0000;
-const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
-const HAS_PARENT_SUB: u8 = 0b0010_0000;
-
-/// One block; the deepest `Any` in it.
-fn block(r: &mut Bytes) -> Option<usize> {
-    let info = r.u8()?;
-    if info == 0 || info == 10 {
-        // GC or skip: a length.
-        r.var()?;
-        return Some(0);
-    }
-    if info & HAS_ORIGIN != 0 {
-        r.var()?;
-        r.var()?;
-    }
-    if info & HAS_RIGHT_ORIGIN != 0 {
-        r.var()?;
-        r.var()?;
-    }
-    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
-        if r.var()? == 1 {
-            r.buf()?; // root type name
-        } else {
-            r.var()?; // parent id
-            r.var()?;
-        }
-        if info & HAS_PARENT_SUB != 0 {
-            r.buf()?;
-        }
-    }
-    match info & 0b1111 {
-        1 => r.var().map(|_| 0), // deleted: a length
-        2 => {
-            // JSON: a count, then one string more than it says (as yrs reads it).
-            for _ in 0..=r.var()? {
-                r.buf()?;
-            }
-            Some(0)
-        }
-        3..=5 => r.buf().map(|_| 0), // binary, string, embed
-        6 => {
-            r.buf()?; // format: key and value
-            r.buf().map(|_| 0)
-        }
-        7 => {
-            // A type: its kind, and an XML element's name.
-            if r.u8()? == 3 {
-                r.buf()?;
-            }
-            Some(0)
-        }
-        8 => {
-            let mut deepest = 0;
-            for _ in 0..r.var()? {
-                deepest = deepest.max(any(r)?);
-            }
-            Some(deepest)
-        }
-        9 => {
-            r.buf()?; // sub-document guid, then its options
-            any(r)
-        }
-        _ => None,
-    }
-}
-
-/// One `Any` value, nested ones included, with an explicit stack; its depth.
-fn any(r: &mut Bytes) -> Option<usize> {
-    // Per open array or map: values still to read in it, and whether each has a key
-    // first. Each turn reads one value's header; a non-empty container is opened, and
-    // then the next slot is found (closing the containers that are full).
-    let mut open: Vec<(u64, bool)> = Vec::new();
-    let mut deepest = 0;
-    loop {
-        match r.u8()? {
-            127 | 126 | 121 | 120 => {} // undefined, null, false, true
-            125 => {
-                r.var()?;
-            }
-            124 => r.skip(4)?,
-            123 | 122 => r.skip(8)?,
-            119 | 116 => r.buf()?,
-            tag @ (118 | 117) => {
-                let len = r.var()?;
-                if len > 0 {
-                    open.push((len, tag == 118));
-                    deepest = deepest.max(open.len());
-                    if deepest > MAX_ANY_DEPTH {
-                        // Deep enough to refuse; no need to read on.
-                        return Some(deepest);
-                    }
-                } else {
-                    deepest = deepest.max(open.len() + 1);
-                }
-            }
-            _ => return None,
-        }
-        // The value just read completes one slot of the innermost open container
-        // (unless it opened one); close the containers it fills.
-        loop {
-            let Some((left, is_map)) = open.last_mut() else {
-                return Some(deepest);
-            };
-            if *left == 0 {
-                open.pop();
-                continue;
-            }
-            // The next slot: a map's key comes first.
-            *left -= 1;
-            if *is_map {
-                r.buf()?;
-            }
-            break;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -200,6 +46,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::shared_doc::v1::HAS_PARENT_SUB;
 
     fn nested(depth: usize) -> Any {
         (0..depth).fold(Any::Null, |inner, _| Any::Array(Arc::from([inner])))

@@ -1,0 +1,232 @@
+//! A reader of yrs' v1 update layout (yrs 0.28, the same as Yjs'), without recursion
+//! and without building blocks: what [`nesting`](super::nesting) measures updates
+//! from peers with, and what [`pieces`](super::pieces) cuts this peer's own large
+//! updates with.
+//!
+//! ```text
+//! update  = var(clients) { var(blocks) var(client) var(clock) block* }* delete set
+//! block   = info (GC or skip: var(len))
+//!           | info [origin id] [right origin id] [parent [parent sub]] content
+//! ```
+//! It reads only as far as it must. Where the bytes stop making sense to it, it says
+//! so (`None`) and yrs' own decoder judges them.
+
+/// An item has a left origin.
+pub(crate) const HAS_ORIGIN: u8 = 0b1000_0000;
+/// An item has a right origin.
+pub(crate) const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+/// An item without origins names a key in its parent map.
+pub(crate) const HAS_PARENT_SUB: u8 = 0b0010_0000;
+const GC: u8 = 0;
+const SKIP: u8 = 10;
+
+/// A cursor over update bytes.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    /// The next byte to read.
+    pub(crate) at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    /// An unsigned variable-length integer (7 bits a byte, high bit set on all but
+    /// the last).
+    pub(crate) fn var(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn skip(&mut self, len: u64) -> Option<&'a [u8]> {
+        let start = self.at;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        let bytes = self.bytes.get(start..end)?;
+        self.at = end;
+        Some(bytes)
+    }
+
+    /// A string or buffer: its length, then its bytes.
+    fn buf(&mut self) -> Option<&'a [u8]> {
+        let len = self.var()?;
+        self.skip(len)
+    }
+}
+
+/// What one block holds, as far as the callers ask.
+pub(crate) struct Block {
+    /// The deepest `Any` nesting in it (0 for none).
+    pub(crate) depth: usize,
+    /// The clock ticks it spans (yrs' `Block::len`), when asked for.
+    pub(crate) len: u64,
+}
+
+/// Reads one block. `measure` asks for its length in clock ticks, which for a string
+/// means counting its UTF-16 code units (the depth needs no such pass).
+pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
+    let info = r.u8()?;
+    let flat = |len| Some(Block { depth: 0, len });
+    if info == GC || info == SKIP {
+        return flat(r.var()?);
+    }
+    if info & HAS_ORIGIN != 0 {
+        r.var()?;
+        r.var()?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        r.var()?;
+        r.var()?;
+    }
+    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        if r.var()? == 1 {
+            r.buf()?; // root type name
+        } else {
+            r.var()?; // parent id
+            r.var()?;
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            r.buf()?;
+        }
+    }
+    match info & 0b1111 {
+        1 => flat(r.var()?), // deleted: a length
+        2 => {
+            // JSON: a count, then one string more than it says (as yrs reads it).
+            let count = r.var()?;
+            for _ in 0..=count {
+                r.buf()?;
+            }
+            flat(count + 1)
+        }
+        3 | 5 => r.buf().and_then(|_| flat(1)), // binary, embed
+        4 => {
+            let text = r.buf()?;
+            flat(if measure { utf16_len(text) } else { 0 })
+        }
+        6 => {
+            r.buf()?; // format: key and value
+            r.buf().and_then(|_| flat(1))
+        }
+        7 => {
+            // A type: its kind, and an XML element's name.
+            if r.u8()? == 3 {
+                r.buf()?;
+            }
+            flat(1)
+        }
+        8 => {
+            let count = r.var()?;
+            let mut depth = 0;
+            for _ in 0..count {
+                depth = depth.max(any(r)?);
+            }
+            Some(Block { depth, len: count })
+        }
+        9 => {
+            r.buf()?; // sub-document guid, then its options
+            let depth = any(r)?;
+            Some(Block { depth, len: 1 })
+        }
+        _ => None,
+    }
+}
+
+/// UTF-16 code units in UTF-8 `text` (yrs measures strings so, as Yjs does): one per
+/// character, two for those outside the basic plane (the four-byte ones).
+fn utf16_len(text: &[u8]) -> u64 {
+    text.iter()
+        .map(|&b| u64::from(b & 0xc0 != 0x80) + u64::from(b >= 0xf0))
+        .sum()
+}
+
+/// Nesting of `Any` values that [`any`] stops reading at: deeper is refused anyway
+/// (see [`super::nesting::MAX_ANY_DEPTH`]).
+const STOP_DEPTH: usize = super::nesting::MAX_ANY_DEPTH + 1;
+
+/// One `Any` value, nested ones included, with an explicit stack; its depth. Stops
+/// (returning the depth reached) past [`STOP_DEPTH`].
+fn any(r: &mut Reader) -> Option<usize> {
+    // Per open array or map: values still to read in it, and whether each has a key
+    // first. Each turn reads one value's header; a non-empty container is opened, and
+    // then the next slot is found (closing the containers that are full).
+    let mut open: Vec<(u64, bool)> = Vec::new();
+    let mut deepest = 0;
+    loop {
+        match r.u8()? {
+            127 | 126 | 121 | 120 => {} // undefined, null, false, true
+            125 => {
+                r.var()?;
+            }
+            124 => {
+                r.skip(4)?;
+            }
+            123 | 122 => {
+                r.skip(8)?;
+            }
+            119 | 116 => {
+                r.buf()?;
+            }
+            tag @ (118 | 117) => {
+                let len = r.var()?;
+                if len > 0 {
+                    open.push((len, tag == 118));
+                    deepest = deepest.max(open.len());
+                    if deepest >= STOP_DEPTH {
+                        // Deep enough to refuse; no need to read on.
+                        return Some(deepest);
+                    }
+                } else {
+                    deepest = deepest.max(open.len() + 1);
+                }
+            }
+            _ => return None,
+        }
+        // The value just read completes one slot of the innermost open container
+        // (unless it opened one); close the containers it fills.
+        loop {
+            let Some((left, is_map)) = open.last_mut() else {
+                return Some(deepest);
+            };
+            if *left == 0 {
+                open.pop();
+                continue;
+            }
+            // The next slot: a map's key comes first.
+            *left -= 1;
+            if *is_map {
+                r.buf()?;
+            }
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_measured_in_utf16_code_units() {
+        for text in ["", "abc", "é", "日本語", "🦀", "a🦀é日"] {
+            assert_eq!(
+                utf16_len(text.as_bytes()),
+                text.encode_utf16().count() as u64,
+                "{text}"
+            );
+        }
+    }
+}
