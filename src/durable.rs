@@ -1158,9 +1158,11 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             let known = doc.state_vector();
             let mut news = false;
             let brings_news = |_: PeerId, update: &Update| {
-                let new = update.extends(&known)
+                // Cheapest first: `extends` may walk every block (all of a piece that
+                // continues past `known`, which `leaves_hole` sees at once).
+                let new = crate::shared_doc::leaves_hole(update, &known)
                     || !update.delete_set().is_empty()
-                    || crate::shared_doc::leaves_hole(update, &known);
+                    || update.extends(&known);
                 news |= new;
                 new
             };

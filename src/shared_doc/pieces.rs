@@ -18,10 +18,10 @@ use yrs::block::ClientID;
 
 use super::v1::{self, Reader};
 
-/// The default [`SyncedDoc::piece_size`](super::SyncedDoc::piece_size): one fragment
-/// on the wire, and small enough that the first piece is decoded in a few dozen
-/// microseconds.
-pub const PIECE_SIZE: usize = 16 * 1024;
+/// The default [`SyncedDoc::piece_size`](super::SyncedDoc::piece_size): a piece and
+/// its headers fit one datagram (no [fragments](crate::wire::FRAGMENT_SIZE)), and the
+/// first is decoded in a few dozen microseconds.
+pub const PIECE_SIZE: usize = crate::wire::FRAGMENT_SIZE - 256;
 
 /// One client's blocks within a piece.
 struct Run {
@@ -32,7 +32,8 @@ struct Run {
 }
 
 /// Cuts `update` (encoded by this peer's yrs, ending per client at `ends`: the state
-/// vector it was encoded at) into updates of about `size` bytes, cut between blocks.
+/// vector it was encoded at) into updates whose blocks take at most `size` bytes (a
+/// larger block goes alone), cut between blocks.
 ///
 /// `None` when it would be one piece anyway, or when the blocks read do not reach the
 /// clocks in `ends` (a layout this reader gets wrong would give pieces wrong clocks,
@@ -56,20 +57,26 @@ pub(crate) fn split(update: &[u8], size: usize, ends: &StateVector) -> Option<Ve
             bytes: r.at..r.at,
         };
         for _ in 0..blocks {
+            let (start, start_clock) = (r.at, clock);
             clock = clock.checked_add(v1::block(&mut r, true)?.len)?;
-            run.blocks += 1;
-            run.bytes.end = r.at;
-            if r.at - piece_start >= size {
+            let piece_has_blocks = run.blocks > 0 || !piece.is_empty();
+            if r.at - piece_start > size && piece_has_blocks {
+                // This block would make the piece too large: it starts the next one.
                 let next = Run {
                     client,
-                    clock,
+                    clock: start_clock,
                     blocks: 0,
-                    bytes: r.at..r.at,
+                    bytes: start..start,
                 };
-                piece.push(std::mem::replace(&mut run, next));
+                let full = std::mem::replace(&mut run, next);
+                if full.blocks > 0 {
+                    piece.push(full);
+                }
                 pieces.push(std::mem::take(&mut piece));
-                piece_start = r.at;
+                piece_start = start;
             }
+            run.blocks += 1;
+            run.bytes.end = r.at;
         }
         if run.blocks > 0 {
             piece.push(run);

@@ -40,14 +40,17 @@ impl<'a> Reader<'a> {
 
     /// An unsigned variable-length integer (7 bits a byte, high bit set on all but
     /// the last).
+    #[inline]
     pub(crate) fn var(&mut self) -> Option<u64> {
         let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
+        let mut shift = 0;
+        while shift < 64 {
             let byte = self.u8()?;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Some(value);
             }
+            shift += 7;
         }
         None
     }
@@ -146,11 +149,24 @@ pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
 }
 
 /// UTF-16 code units in UTF-8 `text` (yrs measures strings so, as Yjs does): one per
-/// character, two for those outside the basic plane (the four-byte ones).
+/// character, two for those outside the basic plane (the four-byte ones). That is
+/// its bytes, less the continuation bytes (`10xxxxxx`), plus the four-byte leaders
+/// (`11110xxx`), counted eight bytes at a time.
 fn utf16_len(text: &[u8]) -> u64 {
-    text.iter()
-        .map(|&b| u64::from(b & 0xc0 != 0x80) + u64::from(b >= 0xf0))
-        .sum()
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let count = |b: &u8| -(i64::from(b & 0xc0 == 0x80)) + i64::from(b >= &0xf0);
+    let mut words = text.chunks_exact(8);
+    let mut units = text.len() as i64;
+    for word in words.by_ref() {
+        let x = u64::from_le_bytes(word.try_into().expect("chunks of eight"));
+        // Bit 7 of each byte: set for a continuation byte, or for a leader of four.
+        let continuation = x & !(x << 1) & HIGH;
+        let four = x & (x << 1) & (x << 2) & (x << 3) & HIGH;
+        units -= i64::from(continuation.count_ones());
+        units += i64::from(four.count_ones());
+    }
+    units += words.remainder().iter().map(count).sum::<i64>();
+    units as u64
 }
 
 /// Nesting of `Any` values that [`any`] stops reading at: deeper is refused anyway
@@ -221,7 +237,8 @@ mod tests {
 
     #[test]
     fn strings_are_measured_in_utf16_code_units() {
-        for text in ["", "abc", "é", "日本語", "🦀", "a🦀é日"] {
+        let long = "a🦀é日 plain ascii, then ö and 𝄞 ".repeat(9);
+        for text in ["", "abc", "é", "日本語", "🦀", "a🦀é日", &long, &long[1..]] {
             assert_eq!(
                 utf16_len(text.as_bytes()),
                 text.encode_utf16().count() as u64,
