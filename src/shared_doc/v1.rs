@@ -32,6 +32,7 @@ impl<'a> Reader<'a> {
         Self { bytes, at: 0 }
     }
 
+    #[inline(always)]
     fn u8(&mut self) -> Option<u8> {
         let byte = *self.bytes.get(self.at)?;
         self.at += 1;
@@ -40,21 +41,48 @@ impl<'a> Reader<'a> {
 
     /// An unsigned variable-length integer (7 bits a byte, high bit set on all but
     /// the last).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn var(&mut self) -> Option<u64> {
+        let rest = self.bytes.get(self.at..)?;
+        match rest {
+            [byte, ..] if *byte < 0x80 => {
+                self.at += 1;
+                Some(u64::from(*byte))
+            }
+            [a, b, c, d, e, f, g, h, ..] => {
+                // Up to eight bytes at once (a client id takes eight): where the first
+                // byte without the high bit is, then its 7-bit groups packed together.
+                let word = u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]);
+                let ends = !word & 0x8080_8080_8080_8080;
+                if ends == 0 {
+                    return self.var_slow();
+                }
+                let len = ends.trailing_zeros() as usize / 8 + 1;
+                let mut value = 0;
+                for i in 0..len {
+                    value |= ((word >> (8 * i)) & 0x7f) << (7 * i);
+                }
+                self.at += len;
+                Some(value)
+            }
+            _ => self.var_slow(),
+        }
+    }
+
+    fn var_slow(&mut self) -> Option<u64> {
+        let rest = self.bytes.get(self.at..)?;
         let mut value = 0u64;
-        let mut shift = 0;
-        while shift < 64 {
-            let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f) << shift;
+        for (i, &byte) in rest.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
+                self.at += i + 1;
                 return Some(value);
             }
-            shift += 7;
         }
         None
     }
 
+    #[inline(always)]
     fn skip(&mut self, len: u64) -> Option<&'a [u8]> {
         let start = self.at;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
@@ -64,6 +92,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string or buffer: its length, then its bytes.
+    #[inline(always)]
     fn buf(&mut self) -> Option<&'a [u8]> {
         let len = self.var()?;
         self.skip(len)
@@ -234,6 +263,38 @@ fn any(r: &mut Reader) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eight-at-once reading of variable-length integers agrees with the byte by
+    /// byte one, at every length and where the bytes run out.
+    #[test]
+    fn variable_length_integers_read_alike_either_way() {
+        let mut values: Vec<u64> = (0..64).map(|bit| 1u64 << bit).collect();
+        values.extend(values.clone().iter().map(|v| v - 1));
+        values.extend([0, 127, 128, 16_383, 16_384, u64::MAX, 0x0123_4567_89ab_cdef]);
+        for value in values {
+            let mut bytes = Vec::new();
+            let mut n = value;
+            while n >= 0x80 {
+                bytes.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            bytes.push(n as u8);
+            // Alone, and followed by more bytes (so the fast path can take eight).
+            for tail in [&[][..], &[0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x08]] {
+                let input = [&bytes[..], tail].concat();
+                let mut fast = Reader::new(&input);
+                let mut slow = Reader::new(&input);
+                assert_eq!(fast.var(), Some(value), "{value:#x}");
+                assert_eq!(slow.var_slow(), Some(value), "{value:#x}");
+                assert_eq!(fast.at, bytes.len());
+                assert_eq!(slow.at, bytes.len());
+            }
+            // Cut short: no value, either way.
+            let short = &bytes[..bytes.len() - 1];
+            assert_eq!(Reader::new(short).var(), None, "{value:#x}");
+            assert_eq!(Reader::new(short).var_slow(), None, "{value:#x}");
+        }
+    }
 
     #[test]
     fn strings_are_measured_in_utf16_code_units() {
