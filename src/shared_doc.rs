@@ -835,6 +835,62 @@ mod tests {
         Update::decode_v1(&doc.transact().encode_diff_v1(&before)).unwrap()
     }
 
+    /// A large catch-up in pieces is decoded here and applied on the other thread: a
+    /// malformed piece among them is refused and counted alone, pieces that come in
+    /// the wrong order wait for the ones before, and the document ends whole.
+    #[test]
+    fn pieces_are_applied_as_they_are_decoded() {
+        let author = Doc::new();
+        let map = author.get_or_insert_map("m");
+        {
+            let mut txn = author.transact_mut();
+            for n in 0..5_000 {
+                map.insert(&mut txn, format!("key {n}"), format!("value {n}"));
+            }
+        }
+        let (whole, ends) = {
+            let txn = author.transact();
+            (
+                txn.encode_diff_v1(&StateVector::default()),
+                txn.state_vector(),
+            )
+        };
+        let pieces = pieces::split(&whole, 4 * 1024, &ends).expect("cut");
+        assert!(whole.len() >= PIPELINE_MIN_BYTES && pieces.len() > 10);
+        let peer = PeerId(7);
+        let expected = author.transact().encode_diff_v1(&StateVector::default());
+
+        // In order, with garbage in the middle: all but the garbage go in.
+        let mut batch: Vec<_> = pieces.iter().map(|p| (peer, p.clone())).collect();
+        batch.insert(3, (peer, vec![1, 1, 250, 3]));
+        let reader = SyncedDoc::new(Doc::new());
+        let mut refused = Vec::new();
+        let applied = reader.apply_encoded(Vec::new(), batch, |_, _| true, &mut refused);
+        assert_eq!(applied, Ok(pieces.len() as u64));
+        assert_eq!(refused, vec![(peer, DropReason::Malformed)]);
+        assert_eq!(reader.encode_state(), expected);
+
+        // Backwards: each waits for the one before, until the first comes.
+        let backwards: Vec<_> = pieces.iter().rev().map(|p| (peer, p.clone())).collect();
+        let reader = SyncedDoc::new(Doc::new());
+        let applied = reader.apply_encoded(Vec::new(), backwards, |_, _| true, &mut refused);
+        assert_eq!(applied, Ok(pieces.len() as u64));
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.encode_state(), expected);
+
+        // What `keep` turns down is not applied, and what waits on it waits on.
+        let reader = SyncedDoc::new(Doc::new());
+        let batch: Vec<_> = pieces.iter().map(|p| (peer, p.clone())).collect();
+        let mut seen = 0;
+        let keep = |_, _: &Update| {
+            seen += 1;
+            seen != 2
+        };
+        let applied = reader.apply_encoded(Vec::new(), batch, keep, &mut refused);
+        assert_eq!(applied, Ok(1));
+        assert_eq!(reader.waiting_updates(), pieces.len() - 2);
+    }
+
     /// An update that skips part of its client's history waits for it; the full
     /// state, whose garbage-collected range spans the hole, then applies cleanly.
     /// (Handed to yrs as they come, the out-of-order update leaves a "skip" in the
