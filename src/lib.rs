@@ -103,7 +103,7 @@
 //! |---|---|
 //! | [`peer`] | peers as entities, join/leave/reject messages |
 //! | [`session`] | handshake, routing, your own payloads |
-//! | [`shared_doc`] | the room's shared yrs document (texts, maps) |
+//! | [`shared_doc`] | the room's shared yrs document (texts, maps); y-sync, catch-up in [`shared_doc::pieces`] |
 //! | [`durable`] | replicated entities and durable components, ownership |
 //! | [`transient`] | latest-wins values on the unreliable channel |
 //! | [`smoothing`] | interpolation buffers for transient values |
