@@ -204,7 +204,14 @@ pub enum Frame {
 
 /// Encodes one message into a datagram (which may still need [`fragment`]ing).
 pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
-    let mut out = Vec::with_capacity(16);
+    let body = match message {
+        Message::Payload(bytes)
+        | Message::Doc(bytes)
+        | Message::Transient(bytes)
+        | Message::Presence(bytes) => bytes.len(),
+        _ => 16,
+    };
+    let mut out = Vec::with_capacity(HEADER_SIZE + body);
     out.push(PROTOCOL_VERSION);
     out.push(message.kind() as u8);
     match message {
