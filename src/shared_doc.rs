@@ -430,7 +430,7 @@ const PIPELINE_MIN_BYTES: usize = 64 * 1024;
 /// the last item while this one decodes the next.
 ///
 /// Decoding stays here: it allocates every block, and this thread's allocator is warm
-/// (a new thread's starts cold, which made decoding there half as fast again). A
+/// (a new thread's starts cold: decoding there took about 1.5 times as long). A
 /// thread of its own rather than Bevy's task pool, as `apply` blocks waiting for the
 /// decoder, so the two must surely run at once, which the pool does not promise.
 fn decoded_in_turn<T, R: Send, O: Send>(
@@ -525,7 +525,6 @@ pub(crate) fn encode_sync(doc: DocId, message: SyncMessage) -> Message {
     Message::Doc(Bytes::from(body))
 }
 
-/// Step 1 of y-sync (this document's state vector) for document `doc`.
 /// Y-sync step 2: what a peer at `remote` is missing, in [`pieces`].
 fn step2(doc: DocId, synced: &SyncedDoc, remote: &StateVector) -> Vec<Message> {
     let pieces = synced.diff_pieces_for(remote);
@@ -535,6 +534,7 @@ fn step2(doc: DocId, synced: &SyncedDoc, remote: &StateVector) -> Vec<Message> {
         .collect()
 }
 
+/// Step 1 of y-sync (this document's state vector) for document `doc`.
 fn step1(doc: DocId, synced: &SyncedDoc) -> Message {
     encode_sync(doc, SyncMessage::SyncStep1(synced.state_vector()))
 }
@@ -771,8 +771,9 @@ pub(crate) fn receive_doc_messages(
                 }
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
-                // Decoded where they are applied: large catch-ups, decoded while
-                // applied (see `SyncedDoc::apply_encoded`).
+                // Decoded when they are applied, so that a large catch-up is decoded
+                // while it is applied (`SyncedDoc::apply_encoded`). A live entity
+                // update is checked now: it may wait for ownership, as bytes.
                 match (doc_id, message_kind, entity_doc.as_mut()) {
                     (DocId::Room, _, _) => room_updates.push((peer, bytes)),
                     (DocId::Entities, MessageKind::Sync, Some(entities)) => {
