@@ -51,7 +51,7 @@ use bytes::Bytes;
 
 use crate::PeerSyncSystems;
 use crate::durable::{NetEntities, NetId, Owner};
-use crate::peer::{LocalPeer, PeerId, PeerReplica, Peers, ReplicaId};
+use crate::peer::{LocalPeer, PeerId, PeerLeft, PeerReplica, Peers, ReplicaId};
 use crate::session::{Inbox, Outbox, Recipients};
 use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
@@ -153,6 +153,7 @@ pub(crate) struct TransientType<T> {
     cursor: usize,
     /// Per entity, the sender and sender tick of the last applied value. Ticks are
     /// compared only within one sender's clock: a new owner's clock may be behind.
+    /// Entries of entities gone from the world are pruned (see [`prune_applied`]).
     applied: HashMap<NetId, (PeerId, u32)>,
     /// Values for entities not known yet.
     pending: VecDeque<Pending<T>>,
@@ -192,7 +193,7 @@ pub(crate) struct TransientState {
     due: bool,
     /// Entries decoded this frame: (sender, type index, id, tick, value bytes).
     incoming: Vec<Incoming>,
-    /// Highest tick seen per sender.
+    /// Highest tick seen per sender (forgotten when it leaves).
     last_tick: HashMap<PeerId, u32>,
     /// Entries staged for this send tick: (type index, id, value bytes).
     outgoing: Vec<(u16, NetId, Vec<u8>)>,
@@ -507,7 +508,11 @@ fn decode_transient(
     config: Res<TransientConfig>,
     peers: Res<Peers>,
     mut senders: Query<(&PeerReplica, &mut PeerStats)>,
+    mut left: MessageReader<PeerLeft>,
 ) {
+    for left in left.read() {
+        state.last_tick.remove(&left.peer);
+    }
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     let measures = std::mem::take(&mut state.measures);
     for (from, body) in std::mem::take(&mut inbox.transient) {
@@ -652,6 +657,17 @@ fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
             commands.entity(entity).insert(pending.value);
         }
     }
+    prune_applied(&mut kind.applied, &net);
+}
+
+/// Forgets the last applied ticks of entities no longer in the world, once they
+/// outnumber those in it (so the pass is paid for by as many despawns). A late value
+/// for one of them waits as unknown and times out; one that comes back (its owner
+/// back) takes its owner's next value.
+fn prune_applied(applied: &mut HashMap<NetId, (PeerId, u32)>, net: &NetEntities) {
+    if applied.len() > 2 * net.len() + 256 {
+        applied.retain(|id, _| net.entity(*id).is_some());
+    }
 }
 
 /// Stages committed values of `T` for the durable document.
@@ -710,6 +726,73 @@ pub(crate) fn apply_committed<T: Component<Mutability = Mutable>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::{Replicated, SyncAppExt};
+    use crate::testing::TestRoom;
+    use crate::transform_codec::TransformEncoding;
+
+    /// What a receiver keeps per entity and per sender does not outgrow the room:
+    /// entries of despawned entities go once they outnumber the living, and a sender's
+    /// last tick goes when it leaves.
+    #[test]
+    fn receivers_forget_despawned_entities_and_departed_senders() {
+        let mut room = TestRoom::new(3);
+        let setup = |app: &mut App| {
+            app.sync_transform(TransformEncoding::Lossless);
+        };
+        let a = room.add_peer(setup);
+        let b = room.add_peer(setup);
+        assert!(room.step_until(10, TestRoom::fully_connected));
+        let spawned: Vec<Entity> = (0..300)
+            .map(|n| {
+                let at = Transform::from_xyz(n as f32, 0.0, 0.0);
+                room.app_mut(a).world_mut().spawn((Replicated, at)).id()
+            })
+            .collect();
+        let applied = |room: &TestRoom| {
+            let world = room.app(b).world();
+            world.resource::<TransientType<Transform>>().applied.len()
+        };
+        let moved = |room: &mut TestRoom, entity: Entity| {
+            let world = room.app_mut(a).world_mut();
+            world.get_mut::<Transform>(entity).unwrap().translation.y += 1.0;
+        };
+        room.step_n(5);
+        for &entity in &spawned {
+            moved(&mut room, entity);
+        }
+        assert!(room.step_until(20, |room| applied(room) == 300));
+        for entity in spawned {
+            room.app_mut(a).world_mut().despawn(entity);
+        }
+        let last = room
+            .app_mut(a)
+            .world_mut()
+            .spawn((Replicated, Transform::default()))
+            .id();
+        assert!(room.step_until(20, |room| {
+            room.app(b).world().resource::<NetEntities>().len() == 1
+        }));
+        moved(&mut room, last);
+        assert!(room.step_until(20, |room| applied(room) == 1));
+
+        assert!(
+            !room
+                .app(b)
+                .world()
+                .resource::<TransientState>()
+                .last_tick
+                .is_empty()
+        );
+        room.disconnect(a);
+        room.step_n(3);
+        assert!(
+            room.app(b)
+                .world()
+                .resource::<TransientState>()
+                .last_tick
+                .is_empty()
+        );
+    }
 
     fn id(creator: u64, counter: u64) -> NetId {
         NetId {
