@@ -133,14 +133,47 @@ pub(crate) struct Inbound {
 }
 
 /// Whether this peer's synced documents are still empty (nothing written, nothing
-/// received), for [`Hello::fresh`]. Kept by the shared document; only a hint: a
-/// peer wrongly taken for fresh is sent a whole state where a diff would do.
+/// received), for [`Hello::fresh`], and which one peer that was said to. Kept by the
+/// shared document; only a hint: a peer wrongly taken for fresh is sent a whole state
+/// where a diff would do.
+///
+/// A fresh peer asks one peer for everything: its hello to the first link says
+/// fresh, to later ones not, and it holds back y-sync step 1 to the others (whose
+/// answer would be the same whole state again) until that state comes, the asked
+/// peer goes, or [`crate::shared_doc`] tires of waiting.
 #[derive(Resource, Debug)]
-pub(crate) struct FreshDocs(pub(crate) bool);
+pub(crate) struct FreshDocs {
+    /// Nothing written, nothing received.
+    pub(crate) empty: bool,
+    /// The peer our hello said fresh to: it sends us its whole state.
+    pub(crate) asked: Option<PeerId>,
+    /// Its state (some of it) came.
+    pub(crate) answered: bool,
+}
 
 impl Default for FreshDocs {
     fn default() -> Self {
-        Self(true)
+        Self {
+            empty: true,
+            asked: None,
+            answered: false,
+        }
+    }
+}
+
+impl FreshDocs {
+    /// Whether y-sync step 1 to `peer` waits: its answer would be a whole state while
+    /// the one asked for is on its way.
+    pub(crate) fn holds_step1_to(&self, peer: PeerId) -> bool {
+        self.empty && !self.answered && self.asked.is_some_and(|asked| asked != peer)
+    }
+
+    /// The asked peer is gone (left, or refused): the next link may be asked.
+    pub(crate) fn forget(&mut self, peer: PeerId) {
+        if self.asked == Some(peer) {
+            self.asked = None;
+            self.answered = false;
+        }
     }
 }
 
@@ -198,9 +231,16 @@ impl Handshake {
         self.their_fresh
     }
 
-    /// [`Hello::fresh`] for our next hello on this link: fixed by the first.
-    fn fresh(&mut self, docs: &FreshDocs) -> bool {
-        *self.our_fresh.get_or_insert(docs.0)
+    /// [`Hello::fresh`] for our next hello on this link to `peer`: fixed by the first,
+    /// and true on one link at a time (see [`FreshDocs`]).
+    fn fresh(&mut self, docs: &mut FreshDocs, peer: PeerId) -> bool {
+        *self.our_fresh.get_or_insert_with(|| {
+            let fresh = docs.empty && docs.asked.is_none();
+            if fresh {
+                docs.asked = Some(peer);
+            }
+            fresh
+        })
     }
 
     fn sent(&mut self, now: Duration) {
@@ -331,7 +371,7 @@ pub(crate) fn receive_packets(
     local: Res<LocalPeer>,
     registry: Res<SyncRegistry>,
     config: Res<SessionConfig>,
-    fresh_docs: Res<FreshDocs>,
+    mut fresh_docs: ResMut<FreshDocs>,
     time: Res<Time<Real>>,
     mut state: ResMut<SessionState>,
     mut outbox: ResMut<Outbox>,
@@ -408,7 +448,7 @@ pub(crate) fn receive_packets(
                 let flags = HelloFlags {
                     heard: true,
                     waiting: !handshake.ours_heard,
-                    fresh: handshake.fresh(&fresh_docs),
+                    fresh: handshake.fresh(&mut fresh_docs, from),
                 };
                 send_hello(&mut io, &registry, local.replica(), from, flags);
                 handshake.sent(now);
@@ -533,7 +573,7 @@ pub(crate) fn repeat_hellos(
     mut io: ResMut<TransportIo>,
     registry: Res<SyncRegistry>,
     local: Res<LocalPeer>,
-    fresh_docs: Res<FreshDocs>,
+    mut fresh_docs: ResMut<FreshDocs>,
     mut peers: Query<(&Peer, &PeerLink, &mut Inbound)>,
 ) {
     let now = time.elapsed();
@@ -546,7 +586,7 @@ pub(crate) fn repeat_hellos(
         let flags = HelloFlags {
             heard: handshake.theirs.is_some(),
             waiting: true,
-            fresh: handshake.fresh(&fresh_docs),
+            fresh: handshake.fresh(&mut fresh_docs, peer.id),
         };
         send_hello(&mut io, &registry, local.replica(), peer.id, flags);
         handshake.sent(now);

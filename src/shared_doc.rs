@@ -14,6 +14,9 @@
 //!   peer whose documents are still empty when a link opens says so in its hello
 //!   ([`Hello::fresh`](crate::wire::Hello::fresh)): the other side sends it its whole
 //!   state as they join, and it asks nothing, which saves a new player a round trip.
+//!   It says so to one peer only, and holds back step 1 to the others until that
+//!   state came (or [`HELD_STEP1_WAIT`] passed), so it is not sent the room's whole
+//!   state once per peer.
 //!   A large diff goes in [`pieces`], each an update of its own, so the receiver
 //!   decodes one while it integrates the one before.
 //! - **Bad input** (an update that does not decode, or one over
@@ -70,7 +73,7 @@ pub mod pieces;
 mod v1;
 
 use crate::PeerSyncSystems;
-use crate::peer::{PeerId, PeerJoined, Peers};
+use crate::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
 use crate::session::{FreshDocs, Inbox, Outbox, Recipients};
 use crate::stage::StageAppExt;
 use crate::stats::{DropReason, PeerStats};
@@ -620,6 +623,7 @@ pub struct SharedDocChanged {
 /// Adds the [`SharedDoc`] and its sync. Part of [`crate::PeerSyncPlugin`].
 pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<SharedDoc>()
+        .init_resource::<HeldStep1>()
         .add_message::<SharedDocChanged>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
@@ -631,6 +635,9 @@ pub(crate) fn plugin(app: &mut App) {
                 .chain(),
         )
         .add_stage_systems(PeerSyncSystems::Collect, send_local_updates)
+        // After this frame's catch-up is applied (in `Apply`), so the answers to these
+        // step 1s hold only what it lacked.
+        .add_stage_systems(PeerSyncSystems::Collect, send_held_step1)
         // Before hellos are answered or sent this frame (a save loaded at start-up makes
         // a peer not fresh from its first frame; edits of this frame count from the
         // next, which a hint can afford).
@@ -643,11 +650,15 @@ pub(crate) fn plugin(app: &mut App) {
 /// Starts y-sync with every peer that just joined, for every synced document: step 1
 /// (our state vector, answered with what we lack), unless the peer sends us its
 /// whole state anyway; and our whole state to a peer that said it was fresh.
+#[allow(clippy::too_many_arguments)]
 fn send_state_vectors(
     mut joined: MessageReader<PeerJoined>,
     doc: Res<SharedDoc>,
     entities: Option<Res<crate::durable::EntityDoc>>,
     links: Query<&crate::session::Inbound>,
+    fresh: Res<FreshDocs>,
+    mut held: ResMut<HeldStep1>,
+    time: Res<Time<Real>>,
     mut outbox: ResMut<Outbox>,
 ) {
     let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, &doc)];
@@ -662,6 +673,10 @@ fn send_state_vectors(
             continue;
         };
         let handshake = &inbound.handshake;
+        let hold_step1 = fresh.holds_step1_to(joined.peer);
+        if hold_step1 && !handshake.we_are_sent_everything() {
+            held.0.push((joined.peer, time.elapsed()));
+        }
         for (&(id, synced), whole) in docs.iter().zip(&mut whole) {
             if handshake.they_want_everything() {
                 let state = whole.get_or_insert_with(|| step2(id, synced, &StateVector::default()));
@@ -669,7 +684,7 @@ fn send_state_vectors(
                     outbox.push(to, Channel::Reliable, piece.clone());
                 }
             }
-            if !handshake.we_are_sent_everything() {
+            if !handshake.we_are_sent_everything() && !hold_step1 {
                 outbox.push(to, Channel::Reliable, step1(id, synced));
             }
         }
@@ -683,15 +698,72 @@ fn note_fresh_docs(
     mut fresh: ResMut<FreshDocs>,
     doc: Res<SharedDoc>,
     entities: Option<Res<crate::durable::EntityDoc>>,
+    mut left: MessageReader<PeerLeft>,
+    mut rejected: MessageReader<PeerRejected>,
 ) {
-    if !fresh.0 {
+    for peer in left
+        .read()
+        .map(|l| l.peer)
+        .chain(rejected.read().map(|r| r.peer))
+    {
+        fresh.forget(peer);
+    }
+    if !fresh.empty {
         return;
     }
     // Nothing integrated, nothing to delete: the state vector says it all.
     let empty = |synced: &SyncedDoc| synced.state_vector().is_empty();
     if !empty(&doc) || entities.is_some_and(|e| !empty(&e)) {
-        fresh.0 = false;
+        fresh.empty = false;
     }
+}
+
+/// How long a fresh peer holds back y-sync step 1 to the other peers while the whole
+/// state it asked one peer for (see [`Hello::fresh`](crate::wire::Hello::fresh)) does
+/// not come.
+pub const HELD_STEP1_WAIT: Duration = Duration::from_secs(2);
+
+/// Peers whose y-sync step 1 waits for the whole state this peer asked another for,
+/// each with when it joined.
+#[derive(Resource, Default)]
+struct HeldStep1(Vec<(PeerId, Duration)>);
+
+/// Sends the held step 1s once the asked-for state came (or its sender went, or
+/// [`HELD_STEP1_WAIT`] passed); by now it is applied, so their answers hold only
+/// what that state lacked.
+fn send_held_step1(
+    fresh: Res<FreshDocs>,
+    mut held: ResMut<HeldStep1>,
+    peers: Res<Peers>,
+    doc: Res<SharedDoc>,
+    entities: Option<Res<crate::durable::EntityDoc>>,
+    mut outbox: ResMut<Outbox>,
+    time: Res<Time<Real>>,
+) {
+    if held.0.is_empty() {
+        return;
+    }
+    let now = time.elapsed();
+    held.0.retain(|&(peer, since)| {
+        if fresh.holds_step1_to(peer) && now.saturating_sub(since) < HELD_STEP1_WAIT {
+            return true;
+        }
+        if peers.entity(peer).is_some() {
+            outbox.push(
+                Recipients::Peer(peer),
+                Channel::Reliable,
+                step1(DocId::Room, &doc),
+            );
+            if let Some(entities) = &entities {
+                outbox.push(
+                    Recipients::Peer(peer),
+                    Channel::Reliable,
+                    step1(DocId::Entities, entities),
+                );
+            }
+        }
+        false
+    });
 }
 
 /// Asks the room (y-sync step 1) for what out-of-order updates wait for.
@@ -716,17 +788,19 @@ fn ask_for_missing_history(
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum MessageKind {
     Sync,
     Update,
 }
 
 /// Routes `Doc` messages: answers step 1, applies step 2 and updates.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn receive_doc_messages(
     mut inbox: ResMut<Inbox>,
     doc: Res<SharedDoc>,
     mut entity_doc: Option<ResMut<crate::durable::EntityDoc>>,
+    mut fresh: ResMut<FreshDocs>,
     peers: Res<Peers>,
     mut stats: Query<&mut PeerStats>,
     mut outbox: ResMut<Outbox>,
@@ -771,6 +845,9 @@ pub(crate) fn receive_doc_messages(
                 }
             }
             SyncMessage::SyncStep2(bytes) | SyncMessage::Update(bytes) => {
+                if message_kind == MessageKind::Sync && fresh.asked == Some(peer) {
+                    fresh.answered = true;
+                }
                 // Decoded when they are applied, so that a large catch-up is decoded
                 // while it is applied (`SyncedDoc::apply_encoded`). A live entity
                 // update is checked now: it may wait for ownership, as bytes.
@@ -834,6 +911,55 @@ mod tests {
         let before = doc.transact().state_vector();
         edit(&mut doc.transact_mut());
         Update::decode_v1(&doc.transact().encode_diff_v1(&before)).unwrap()
+    }
+
+    /// A fresh joiner whose asked peer is slow to answer (its link takes seconds)
+    /// asks the others after [`HELD_STEP1_WAIT`]; one whose asked peer leaves asks
+    /// them at once. Either way it converges with the room.
+    #[test]
+    fn a_fresh_joiner_asks_the_others_when_the_asked_peer_fails_it() {
+        use crate::testing::TestRoom;
+        use crate::transport::memory::LinkConditioner;
+
+        for leaves in [false, true] {
+            let mut room = TestRoom::new(8);
+            let a = room.add_peer(|_| {});
+            room.add_peer(|_| {});
+            assert!(room.step_until(10, TestRoom::fully_connected));
+            {
+                let doc = room.app(a).world().resource::<SharedDoc>();
+                doc.text("note")
+                    .insert(&mut doc.transact_mut(), 0, "known to all");
+            }
+            room.step_n(3);
+            let c = room.add_peer(|_| {});
+            room.step(); // c's links open and its hellos leave
+            let asked = room.app(c).world().resource::<FreshDocs>().asked;
+            let asked = asked.expect("a fresh joiner asks one peer");
+            let c_id = room.peer_id(c).unwrap();
+            if leaves {
+                room.network.set_link_up(asked, c_id, false);
+            } else {
+                let slow = LinkConditioner {
+                    latency: Duration::from_secs(10),
+                    ..LinkConditioner::PERFECT
+                };
+                room.network.set_conditioner(asked, c_id, slow);
+                room.network.set_conditioner(c_id, asked, slow);
+            }
+            let note = |room: &TestRoom| {
+                let doc = room.app(c).world().resource::<SharedDoc>();
+                doc.text_string("note")
+            };
+            let frames = HELD_STEP1_WAIT.as_millis() as usize / 16;
+            if leaves {
+                assert!(room.step_until(10, |room| note(room) == "known to all"));
+            } else {
+                room.step_n(frames / 2);
+                assert_eq!(note(&room), "", "still waiting for the asked peer");
+                assert!(room.step_until(frames, |room| note(room) == "known to all"));
+            }
+        }
     }
 
     /// A large catch-up in pieces is decoded here and applied on the other thread: a

@@ -138,7 +138,8 @@ pub struct Hello {
     /// The sender's synced documents were empty when this link opened: on joining,
     /// send it your whole state; it sends no y-sync step 1 (it has nothing to name),
     /// which saves a round trip for a peer joining a room. The same in every hello
-    /// of one link.
+    /// of one link. A joiner says it to one peer at a time, so that it is sent one
+    /// whole state, not one per peer in the room.
     pub fresh: bool,
 }
 

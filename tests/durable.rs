@@ -270,6 +270,65 @@ fn a_late_joiner_receives_a_thousand_entities_and_a_b4_sized_text() {
     );
 }
 
+/// A fresh joiner is sent the room's whole state by one peer, not by every peer in
+/// the room: it says it is fresh to one, and asks the others (y-sync step 1) once that
+/// state is in, when their answers hold only what it lacked.
+#[test]
+fn a_fresh_joiner_is_sent_the_room_once() {
+    let mut room = TestRoom::new(31);
+    let a = room.add_peer(setup);
+    room.step_n(2);
+    for n in 0..300 {
+        spawn(&mut room, a, card(n, "a card with a label"));
+    }
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        let text = "some shared text ".repeat(2_000);
+        doc.text("paper").insert(&mut doc.transact_mut(), 0, &text);
+    }
+    room.step_n(2);
+    let b = room.add_peer(setup);
+    assert!(room.step_until(20, |room| state(room, b).len() == 300));
+    // a and b part, and b writes something a has not seen, which c must get from b
+    // whichever of them it asks for everything.
+    let (pa, pb) = (room.peer_id(a).unwrap(), room.peer_id(b).unwrap());
+    room.network.set_link_up(pa, pb, false);
+    room.step_n(2);
+    {
+        let doc = room.app(b).world().resource::<SharedDoc>();
+        doc.text("b's own")
+            .insert(&mut doc.transact_mut(), 0, "from b");
+    }
+    room.step_n(2);
+    let state_bytes = {
+        let world = room.app(a).world();
+        world.resource::<SharedDoc>().encode_state().len()
+            + world.resource::<EntityDoc>().encode_state().len()
+    } as u64;
+
+    let c = room.add_peer(setup);
+    assert!(room.step_until(30, |room| {
+        state(room, c).len() == 300
+            && room
+                .app(c)
+                .world()
+                .resource::<SharedDoc>()
+                .text_string("b's own")
+                == "from b"
+    }));
+    assert_eq!(state(&mut room, c), state(&mut room, a));
+    let world = room.app_mut(c).world_mut();
+    let received: u64 = world
+        .query::<&PeerStats>()
+        .iter(world)
+        .map(|s| s.channel(Channel::Reliable).bytes_in)
+        .sum();
+    assert!(
+        received < state_bytes * 5 / 4,
+        "{received} bytes received for a state of {state_bytes}"
+    );
+}
+
 fn doc_state_vector(room: &TestRoom, peer: usize) -> Vec<(u64, u32)> {
     let sv = room
         .app(peer)
