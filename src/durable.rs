@@ -222,7 +222,9 @@ struct Touched {
 struct HeldUpdate {
     from: PeerId,
     replica: Option<ReplicaId>,
-    update: Vec<u8>,
+    /// Decoded once, on arrival; its bytes are decoded again only into the shadow.
+    update: Update,
+    bytes: Vec<u8>,
     since: Duration,
 }
 
@@ -239,8 +241,9 @@ pub struct EntityDoc {
     shadow_touched: Arc<Mutex<Touched>>,
     main_touched: Arc<Mutex<Touched>>,
     held: VecDeque<HeldUpdate>,
-    /// Live updates from peers (checked to decode), applied once allowed.
-    live: Vec<(PeerId, Vec<u8>)>,
+    /// Live updates from peers (decoded, and their bytes for the shadow), applied
+    /// once allowed.
+    live: Vec<(PeerId, Update, Vec<u8>)>,
     /// Y-sync catch-up from peers, decoded as it is applied.
     catch_up: Vec<(PeerId, Vec<u8>)>,
     /// A saved state of this document, applied before any catch-up.
@@ -375,8 +378,8 @@ impl EntityDoc {
     }
 
     /// Queues a live update from a peer, checked for ownership before it is applied.
-    pub(crate) fn queue_live(&mut self, from: PeerId, bytes: Vec<u8>) {
-        self.live.push((from, bytes));
+    pub(crate) fn queue_live(&mut self, from: PeerId, update: Update, bytes: Vec<u8>) {
+        self.live.push((from, update, bytes));
     }
 
     /// Queues y-sync catch-up from a peer, still encoded.
@@ -1133,7 +1136,7 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
     {
         let mut doc = world.resource_mut::<EntityDoc>();
         let live = std::mem::take(&mut doc.live);
-        for (from, bytes) in live {
+        for (from, update, bytes) in live {
             // A peer may have at most `MAX_HELD_PER_PEER` updates waiting; past that
             // (a flood of writes it may not make) the rest are refused at once.
             if doc.held.iter().filter(|h| h.from == from).count() >= MAX_HELD_PER_PEER {
@@ -1144,7 +1147,8 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             doc.held.push_back(HeldUpdate {
                 from,
                 replica: replica_of.get(&from).copied(),
-                update: bytes,
+                update,
+                bytes,
                 since: now,
             });
         }
@@ -1189,25 +1193,23 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
                 still_held.push_back(held);
                 continue;
             }
-            let Ok(update) = Update::decode_v1(&held.update) else {
-                continue;
-            };
             // Out of order (an earlier update of its client has not arrived) or
             // missing what it builds on: it waits, and the room is asked for the rest.
-            let mut missing_history = doc.synced.would_leave_hole(&update);
+            let mut missing_history = doc.synced.would_leave_hole(&held.update);
             if !missing_history {
                 if doc.shadow_stale {
                     doc.rebuild_shadow();
                 }
-                let (touched, complete) = doc.apply_to_shadow(&held.update);
+                let (touched, complete) = doc.apply_to_shadow(&held.bytes);
                 let allowed = complete
                     && held
                         .replica
                         .is_some_and(|r| doc.allowed(&touched, r, config.owner_left));
                 if allowed {
                     let waiting = doc.synced.waiting_updates();
-                    if let Err(error) = doc.synced.apply_remote(vec![update]) {
-                        error!("an update from `{}` failed to apply: {error}", held.from);
+                    let from = held.from;
+                    if let Err(error) = doc.synced.apply_remote(vec![held.update]) {
+                        error!("an update from `{from}` failed to apply: {error}");
                     }
                     if doc.synced.waiting_updates() < waiting {
                         // Catch-up that waited for this update went in with it.

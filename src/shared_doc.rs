@@ -272,21 +272,22 @@ impl SyncedDoc {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
             for update in updates {
-                // Apply what is ready: this update, and what it lets through.
-                waiting.push((update, 0));
-                loop {
+                if leaves_hole(&update, &txn.state_vector()) {
+                    waiting.push((update, 0));
+                    continue;
+                }
+                applied += 1;
+                txn.apply_update(update).map_err(|e| e.to_string())?;
+                // What waited for it may follow now, in the order it came.
+                while !waiting.is_empty() {
                     let known = txn.state_vector();
-                    let (ready, held): (Vec<_>, Vec<_>) = waiting
-                        .drain(..)
-                        .partition(|(update, _)| !leaves_hole(update, &known));
-                    waiting = held;
-                    if ready.is_empty() {
+                    let Some(ready) = waiting.iter().position(|(u, _)| !leaves_hole(u, &known))
+                    else {
                         break;
-                    }
-                    for (update, _) in ready {
-                        applied += 1;
-                        txn.apply_update(update).map_err(|e| e.to_string())?;
-                    }
+                    };
+                    let (update, _) = waiting.remove(ready);
+                    applied += 1;
+                    txn.apply_update(update).map_err(|e| e.to_string())?;
                 }
             }
             Ok(())
@@ -858,7 +859,7 @@ pub(crate) fn receive_doc_messages(
                     }
                     (DocId::Entities, MessageKind::Update, Some(entities)) => {
                         match decode_update(&bytes, &entities.limits) {
-                            Ok(_) => entities.queue_live(peer, bytes),
+                            Ok(update) => entities.queue_live(peer, update, bytes),
                             Err(reason) => drop(peer, reason, "a document update"),
                         }
                     }
