@@ -662,10 +662,7 @@ fn send_state_vectors(
     time: Res<Time<Real>>,
     mut outbox: ResMut<Outbox>,
 ) {
-    let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, &doc)];
-    if let Some(entities) = &entities {
-        docs.push((DocId::Entities, entities));
-    }
+    let docs = synced_docs(&doc, entities.as_deref());
     // Each document's whole state, encoded once however many fresh peers join.
     let mut whole: Vec<Option<Vec<Message>>> = vec![None; docs.len()];
     for joined in joined.read() {
@@ -750,17 +747,8 @@ fn send_held_step1(
             return true;
         }
         if peers.entity(peer).is_some() {
-            outbox.push(
-                Recipients::Peer(peer),
-                Channel::Reliable,
-                step1(DocId::Room, &doc),
-            );
-            if let Some(entities) = &entities {
-                outbox.push(
-                    Recipients::Peer(peer),
-                    Channel::Reliable,
-                    step1(DocId::Entities, entities),
-                );
+            for (id, synced) in synced_docs(&doc, entities.as_deref()) {
+                outbox.push(Recipients::Peer(peer), Channel::Reliable, step1(id, synced));
             }
         }
         false
@@ -775,18 +763,23 @@ fn ask_for_missing_history(
     time: Res<Time<Real>>,
 ) {
     let now = time.elapsed();
-    if doc.wants_sync(now) {
-        outbox.push(Recipients::All, Channel::Reliable, step1(DocId::Room, &doc));
+    for (id, synced) in synced_docs(&doc, entity_doc.as_deref()) {
+        if synced.wants_sync(now) {
+            outbox.push(Recipients::All, Channel::Reliable, step1(id, synced));
+        }
     }
-    if let Some(entities) = &entity_doc
-        && entities.wants_sync(now)
-    {
-        outbox.push(
-            Recipients::All,
-            Channel::Reliable,
-            step1(DocId::Entities, entities),
-        );
+}
+
+/// The documents this peer keeps in sync, with their ids.
+fn synced_docs<'a>(
+    doc: &'a SharedDoc,
+    entities: Option<&'a crate::durable::EntityDoc>,
+) -> Vec<(DocId, &'a SyncedDoc)> {
+    let mut docs: Vec<(DocId, &SyncedDoc)> = vec![(DocId::Room, doc)];
+    if let Some(entities) = entities {
+        docs.push((DocId::Entities, entities));
     }
+    docs
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
