@@ -205,24 +205,20 @@ pub enum Frame {
 
 /// Encodes one message into a datagram (which may still need [`fragment`]ing).
 pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
-    let body = match message {
+    let header = [PROTOCOL_VERSION, message.kind() as u8];
+    // Each body copied once, into a buffer of its size.
+    let out = match message {
+        Message::Hello(hello) => {
+            let mut out = header.to_vec();
+            codec::encode_into(hello, &mut out).map_err(EncodeError::Body)?;
+            out
+        }
         Message::Payload(bytes)
         | Message::Doc(bytes)
         | Message::Transient(bytes)
-        | Message::Presence(bytes) => bytes.len(),
-        _ => 16,
+        | Message::Presence(bytes) => [&header[..], bytes].concat(),
+        Message::Ping(nonce) | Message::Pong(nonce) => [&header[..], &nonce.to_le_bytes()].concat(),
     };
-    let mut out = Vec::with_capacity(HEADER_SIZE + body);
-    out.push(PROTOCOL_VERSION);
-    out.push(message.kind() as u8);
-    match message {
-        Message::Hello(hello) => codec::encode_into(hello, &mut out).map_err(EncodeError::Body)?,
-        Message::Payload(bytes)
-        | Message::Doc(bytes)
-        | Message::Transient(bytes)
-        | Message::Presence(bytes) => out.extend_from_slice(bytes),
-        Message::Ping(nonce) | Message::Pong(nonce) => out.extend_from_slice(&nonce.to_le_bytes()),
-    }
     Ok(Bytes::from(out))
 }
 
