@@ -8,7 +8,7 @@
 //! - A late joiner receiving 1,000 durable entities plus the B4 text, against yrs
 //!   encoding the same two documents and decoding them into fresh ones.
 
-#[path = "../tests/support/traces.rs"]
+#[path = "../tests/it/support/traces.rs"]
 mod traces;
 
 use std::time::{Duration, Instant};

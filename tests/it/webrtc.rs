@@ -2,8 +2,7 @@
 //! this process with no ICE servers, handshake and round trips on both channels.
 //! Nothing leaves this machine.
 
-#[path = "support/webrtc.rs"]
-mod support;
+use crate::support::webrtc as support;
 
 use std::time::{Duration, Instant};
 

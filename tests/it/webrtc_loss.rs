@@ -7,11 +7,10 @@
 //! checks that the link stays up, values keep flowing, and the final one arrives.
 //!
 //! It changes the machine's firewall, so it runs only when asked:
-//! `PEER_SYNC_LOSS_TEST=1 cargo test --test webrtc_loss` as root with `nft` installed
+//! `PEER_SYNC_LOSS_TEST=1 cargo test --test it webrtc_loss` as root with `nft` installed
 //! (`.ci/run` does this after the main suite). Signaling is TCP and unaffected.
 
-#[path = "support/webrtc.rs"]
-mod support;
+use crate::support::webrtc as support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

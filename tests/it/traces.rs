@@ -2,8 +2,7 @@
 //! transport: the B4 paper trace from one peer, and a concurrent two-author trace
 //! with each author as a peer.
 
-#[path = "support/traces.rs"]
-mod traces;
+use crate::support::traces;
 
 use std::collections::HashSet;
 

@@ -1,0 +1,15 @@
+//! The integration tests: one binary (Bevy is linked once), one module per behaviour.
+//! Each runs `App`s over the in-memory transport ([`bevy_peer_sync::testing::TestRoom`])
+//! unless its name says WebRTC; nothing leaves this machine.
+
+mod support;
+
+mod connection;
+mod durable;
+mod foundation;
+mod persistence;
+mod presence;
+mod traces;
+mod transient;
+mod webrtc;
+mod webrtc_loss;
