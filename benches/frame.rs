@@ -2,7 +2,7 @@
 //! idle, against a bare `MinimalPlugins` app in the same run.
 //!
 //! `cargo bench --bench frame`. The plugin's own systems run single-threaded inside
-//! one system per set (see `bevy_peer_sync::stage`); before that, the same systems on
+//! one system per set (see `bevy_peer_sync::schedule`); before that, the same systems on
 //! the multi-threaded executor cost an idle peer about 180 µs a frame on this machine.
 
 use std::time::{Duration, Instant};

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_peer_sync::durable::NetEntities;
+use bevy_peer_sync::net::signaling::start_signaling_server;
+use bevy_peer_sync::net::wire::HEADER_SIZE;
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::signaling::start_signaling_server;
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transform_codec::{
+use bevy_peer_sync::transient::pack;
+use bevy_peer_sync::transient::transform_codec::{
     encode_lossless, encode_quantized, measure_lossless, measure_quantized,
 };
-use bevy_peer_sync::transient::pack;
-use bevy_peer_sync::wire::HEADER_SIZE;
 use serde::{Deserialize, Serialize};
 
 const ENTITIES: u64 = 1_000;

@@ -11,8 +11,8 @@ mod raw_matchbox;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
+use bevy_peer_sync::net::signaling::start_signaling_server;
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::signaling::start_signaling_server;
 use bytes::Bytes;
 
 const ROUND_TRIPS: usize = 100;

@@ -3,8 +3,8 @@
 
 use thiserror::Error;
 
-use crate::transport::Channel;
-use crate::wire::Kind;
+use crate::net::transport::Channel;
+use crate::net::wire::Kind;
 
 /// What went wrong, and what to do about it.
 #[derive(Debug, Error)]
@@ -88,7 +88,7 @@ pub enum DecodeError {
     /// Another protocol version.
     #[error(
         "protocol version `{got}`, this build speaks `{}`",
-        crate::wire::PROTOCOL_VERSION
+        crate::net::wire::PROTOCOL_VERSION
     )]
     Version {
         /// The version byte received.

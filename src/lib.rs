@@ -101,87 +101,78 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`peer`] | peers as entities, join/leave/reject messages |
-//! | [`session`] | handshake, routing, your own payloads |
-//! | [`shared_doc`] | the room's shared yrs document (texts, maps); y-sync, catch-up in [`shared_doc::pieces`] |
-//! | [`durable`] | replicated entities and durable components, ownership |
-//! | [`transient`] | latest-wins values on the unreliable channel |
-//! | [`smoothing`] | interpolation buffers for transient values |
-//! | [`transform_codec`] | compact `Transform` encodings |
-//! | [`wire`] | the datagram format and its limits |
-//! | [`transport`] | the byte-queue boundary and its backends |
-//! | [`signaling`] | the signaling server (native) |
+//! | [`net`] | peers as entities, the session (handshake, routing, payloads, pings), counters, connection life, the transport boundary and its backends, signaling |
+//! | [`doc`] | the yrs sync engine (y-sync, catch-up in pieces, out-of-order updates) and the room's [`SharedDoc`](doc::SharedDoc) |
+//! | [`durable`] | replicated entities and durable components in the entity document, ownership |
+//! | [`transient`] | latest-wins values on the unreliable channel, `Transform` codecs, smoothing |
 //! | [`presence`] | who is here: name, colour, cursor, custom types, timeouts |
-//! | [`connection`] | connection state, reconnect backoff, going offline on purpose |
+//! | [`registry`] | the one registry of synced types: names, routes, wire indices |
+//! | [`schedule`] | where the plugin's systems run (one schedule per set) |
 //! | [`persistence`] | local-first saves (a file, or `localStorage` in the browser) |
 //! | [`undo`] | undo/redo of this peer's shared-document edits |
 //! | [`diagnostics`] | RTT, loss, bandwidth, document figures; the egui overlay |
-//! | [`registry`] | the registered sync types and their schema hash |
-//! | [`stats`] | per-peer traffic and drop counters |
-//! | [`stage`] | where the plugin's own systems run (one schedule per set) |
 //! | [`testing`] | [`testing::TestRoom`]: several apps over the in-memory network |
-//! | [`error`](mod@error) | the crate's error type |
+//! | [`error`](mod@error) | the crate's error types |
 
 #![warn(missing_docs)]
 
-pub mod connection;
 pub mod diagnostics;
+pub mod doc;
 pub mod durable;
 pub mod error;
-pub mod peer;
+pub mod net;
 pub mod persistence;
 pub mod presence;
 pub mod registry;
-pub mod session;
-pub mod shared_doc;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod signaling;
-pub mod smoothing;
-pub mod stage;
-pub mod stats;
+pub mod schedule;
 pub mod testing;
-pub mod transform_codec;
 pub mod transient;
-pub mod transport;
 pub mod undo;
-pub mod wire;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use net::signaling;
+pub use net::{connection, peer, session, stats, transport, wire};
 
 use bevy::prelude::*;
 pub use yrs;
 
 use crate::error::PeerSyncError;
-use crate::peer::{LocalPeer, PeerJoined, PeerLeft, PeerRejected, Peers};
+use crate::net::peer::{LocalPeer, PeerJoined, PeerLeft, PeerRejected, Peers};
+use crate::net::session::{
+    Inbox, Outbox, PayloadReceived, SendPayload, SessionConfig, SessionState,
+};
+use crate::net::transport::TransportSystems;
+use crate::net::transport::matchbox::{IceServers, MatchboxConfig, MatchboxTransportPlugin};
+use crate::net::transport::memory::{MemoryNetwork, MemoryTransportPlugin};
+use crate::net::wire::WireLimits;
 use crate::registry::SyncRegistry;
-use crate::session::{Inbox, Outbox, PayloadReceived, SendPayload, SessionConfig, SessionState};
-use crate::stage::StageAppExt;
-use crate::transport::TransportSystems;
-use crate::transport::matchbox::{IceServers, MatchboxConfig, MatchboxTransportPlugin};
-use crate::transport::memory::{MemoryNetwork, MemoryTransportPlugin};
-use crate::wire::WireLimits;
+use crate::schedule::StageAppExt;
 
 /// What most apps need.
 pub mod prelude {
     pub use crate::PeerSyncPlugin;
     pub use crate::PeerSyncSystems;
-    pub use crate::connection::{Connection, ConnectionState, ConnectionStateChanged, SetOnline};
     pub use crate::diagnostics::RoomDiagnostics;
+    pub use crate::doc::{SharedDoc, SharedDocChanged};
     pub use crate::durable::{
         ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,
         TransferOwnership,
     };
-    pub use crate::peer::{
+    pub use crate::net::connection::{
+        Connection, ConnectionState, ConnectionStateChanged, SetOnline,
+    };
+    pub use crate::net::peer::{
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
         ReplicaId,
     };
+    pub use crate::net::session::{PayloadReceived, Recipients, SendPayload};
+    pub use crate::net::stats::{DropReason, PeerStats};
+    pub use crate::net::transport::{Channel, TransportIo};
     pub use crate::presence::{Away, LocalPresence, PeerCursor, PeerPresence, PresenceConfig};
     pub use crate::registry::Route;
-    pub use crate::session::{PayloadReceived, Recipients, SendPayload};
-    pub use crate::shared_doc::{SharedDoc, SharedDocChanged};
-    pub use crate::smoothing::{Smooth, SmoothAppExt, SmoothingConfig};
-    pub use crate::stats::{DropReason, PeerStats};
-    pub use crate::transform_codec::TransformEncoding;
+    pub use crate::transient::smoothing::{Smooth, SmoothAppExt, SmoothingConfig};
+    pub use crate::transient::transform_codec::TransformEncoding;
     pub use crate::transient::{CommitTransient, TransientConfig};
-    pub use crate::transport::{Channel, TransportIo};
 }
 
 /// Where the plugin's systems run, in order.
@@ -192,7 +183,7 @@ pub mod prelude {
 /// see this frame's remote changes and their own changes leave the same frame.
 ///
 /// In each set one system runs the plugin's own systems of that set, single-threaded,
-/// from the set's [`Stage`](stage::Stage) schedule (see [`stage`] for why).
+/// from the set's [`Stage`](schedule::Stage) schedule (see [`schedule`] for why).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerSyncSystems {
     /// Link events and datagrams are decoded and routed.
@@ -357,14 +348,14 @@ impl Plugin for PeerSyncPlugin {
                 )
                     .chain(),
             );
-        stage::plugin(app);
+        schedule::plugin(app);
         // The built-in backends run inside the stages: first and last there.
         app.configure_sets(
-            stage::Stage(PeerSyncSystems::Receive),
+            schedule::Stage(PeerSyncSystems::Receive),
             TransportSystems::Receive.before(connection::track_connection),
         )
         .configure_sets(
-            stage::Stage(PeerSyncSystems::Send),
+            schedule::Stage(PeerSyncSystems::Send),
             TransportSystems::Send.after(session::send_packets),
         );
         match &self.transport {
@@ -383,7 +374,7 @@ impl Plugin for PeerSyncPlugin {
             }
         }
         connection::plugin(app);
-        shared_doc::plugin(app);
+        doc::plugin(app);
         durable::plugin(app);
         durable::presence_hooks(app);
         transient::plugin(app);

@@ -41,10 +41,10 @@ use yrs::Update;
 use yrs::updates::decoder::Decode;
 
 use crate::PeerSyncSystems;
+use crate::doc::{DocLimits, SharedDoc, decode_update};
 use crate::durable::EntityDoc;
 use crate::error::PeerSyncError;
-use crate::peer::{LocalPeer, ReplicaId};
-use crate::shared_doc::{DocLimits, SharedDoc, decode_update};
+use crate::net::peer::{LocalPeer, ReplicaId};
 
 const MAGIC: &[u8; 4] = b"BPSY";
 const FORMAT: u8 = 1;

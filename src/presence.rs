@@ -59,13 +59,13 @@ use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::PeerSyncSystems;
-use crate::peer::{Peer, PeerJoined, PeerLink, Peers};
+use crate::net::peer::{Peer, PeerJoined, PeerLink, Peers};
+use crate::net::session::{Inbox, Outbox, Recipients};
+use crate::net::stats::{DropReason, PeerStats};
+use crate::net::transport::Channel;
+use crate::net::wire::{Message, read_varint, write_varint};
 use crate::registry::{Route, SyncRegistry};
-use crate::session::{Inbox, Outbox, Recipients};
-use crate::stage::StageAppExt;
-use crate::stats::{DropReason, PeerStats};
-use crate::transport::Channel;
-use crate::wire::{Message, read_varint, write_varint};
+use crate::schedule::StageAppExt;
 
 /// Presence timing.
 #[derive(Resource, Debug, Clone, PartialEq)]
@@ -133,7 +133,7 @@ impl LocalPresence {
     /// encodes to more than [`MAX_EXTRA_LEN`] bytes, is not published (and logged).
     pub fn insert<T: Component + Serialize>(&mut self, value: T) {
         let mut bytes = Vec::new();
-        match crate::wire::codec::encode_into(&value, &mut bytes) {
+        match crate::net::wire::codec::encode_into(&value, &mut bytes) {
             Ok(()) if bytes.len() <= MAX_EXTRA_LEN => {
                 self.extras.insert(TypeId::of::<T>(), bytes);
             }
@@ -231,7 +231,7 @@ where
         .push(ExtraType {
             type_id: TypeId::of::<T>(),
             insert: |entity, bytes| {
-                let value: T = crate::wire::codec::decode(bytes)?;
+                let value: T = crate::net::wire::codec::decode(bytes)?;
                 entity.insert(value);
                 Ok(())
             },

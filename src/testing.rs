@@ -10,9 +10,9 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 
 use crate::PeerSyncPlugin;
-use crate::peer::{LocalPeer, PeerId, PeerLink, Peers, ReplicaId};
-use crate::session::PayloadReceived;
-use crate::transport::memory::{MemoryEndpoint, MemoryNetwork};
+use crate::net::peer::{LocalPeer, PeerId, PeerLink, Peers, ReplicaId};
+use crate::net::session::PayloadReceived;
+use crate::net::transport::memory::{MemoryEndpoint, MemoryNetwork};
 
 /// The frame time every [`TestRoom`] app advances by: 60 Hz.
 pub const FRAME: Duration = Duration::from_nanos(16_666_667);

@@ -48,7 +48,7 @@ use yrs::UndoManager;
 use yrs::undo::Options;
 
 use crate::PeerSyncSystems;
-use crate::shared_doc::SharedDoc;
+use crate::doc::SharedDoc;
 
 /// Undo this peer's last edit step.
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq, Default)]

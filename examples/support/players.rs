@@ -73,7 +73,7 @@ pub fn out_dir(args: &[String]) -> std::path::PathBuf {
 /// `--players N` dropped), waits for them, and exits with failure if any failed.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn launch_players(players: usize, room: &str, args: &[String]) {
-    let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0))
+    let server = bevy_peer_sync::net::signaling::start_signaling_server(([127, 0, 0, 1], 0))
         .expect("a signaling server starts on 127.0.0.1");
     let url = server.room_url(room);
     println!("room {url}: starting {players} players");

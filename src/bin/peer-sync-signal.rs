@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match bevy_peer_sync::signaling::start_signaling_server((host, port)) {
+    match bevy_peer_sync::net::signaling::start_signaling_server((host, port)) {
         Ok(server) => {
             println!("signaling on {}", server.room_url("<room>"));
             loop {

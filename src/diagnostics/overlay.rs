@@ -16,11 +16,11 @@
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
 
-use crate::connection::{Connection, ConnectionState};
 use crate::diagnostics::RoomDiagnostics;
-use crate::peer::{LocalPeer, Peer, PeerLink};
+use crate::net::connection::{Connection, ConnectionState};
+use crate::net::peer::{LocalPeer, Peer, PeerLink};
+use crate::net::stats::PeerStats;
 use crate::presence::{Away, LocalPresence, PeerPresence};
-use crate::stats::PeerStats;
 
 /// Adds the overlay (and `bevy_egui`'s plugin, if the app has none yet).
 #[derive(Debug, Clone, Default)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy_peer_sync::durable::{EntityDoc, EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transport::memory::LinkConditioner;
 use bevy_peer_sync::yrs::{Any, Map, Out, ReadTxn, Text, Transact};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -418,7 +418,7 @@ fn convergence_run(seed: u64) {
                 8 if !mine.is_empty() => {
                     let entity = mine[rng.random_range(0..mine.len())];
                     let others: Vec<ReplicaId> = world
-                        .query::<&bevy_peer_sync::peer::PeerReplica>()
+                        .query::<&bevy_peer_sync::net::peer::PeerReplica>()
                         .iter(world)
                         .map(|r| r.0)
                         .collect();
@@ -429,7 +429,7 @@ fn convergence_run(seed: u64) {
                 }
                 9 => {
                     let present: Vec<ReplicaId> = world
-                        .query::<&bevy_peer_sync::peer::PeerReplica>()
+                        .query::<&bevy_peer_sync::net::peer::PeerReplica>()
                         .iter(world)
                         .map(|r| r.0)
                         .collect();
@@ -569,8 +569,8 @@ fn an_update_past_a_lost_one_waits_and_the_hole_is_filled_by_sync() {
 
 #[test]
 fn malformed_and_oversized_document_updates_are_refused_without_harm() {
-    use bevy_peer_sync::transport::Packet;
-    use bevy_peer_sync::wire::{self, Message};
+    use bevy_peer_sync::net::transport::Packet;
+    use bevy_peer_sync::net::wire::{self, Message};
     use bytes::Bytes;
 
     let mut room = TestRoom::new(27);

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
+use bevy_peer_sync::net::transport::Packet;
+use bevy_peer_sync::net::transport::memory::LinkConditioner;
+use bevy_peer_sync::net::wire::{self, Frame, Hello, Message, PROTOCOL_VERSION};
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::registry::{Route, SyncRegistry};
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transport::Packet;
-use bevy_peer_sync::transport::memory::LinkConditioner;
-use bevy_peer_sync::wire::{self, Frame, Hello, Message, PROTOCOL_VERSION};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -60,7 +60,7 @@ fn concurrent_trace_replays_with_each_author_as_a_peer() {
     assert_eq!(trace.num_agents, 2);
     let mut room = TestRoom::new(12);
     room.network
-        .set_default_conditioner(bevy_peer_sync::transport::memory::LinkConditioner {
+        .set_default_conditioner(bevy_peer_sync::net::transport::memory::LinkConditioner {
             latency: std::time::Duration::from_millis(60),
             jitter: std::time::Duration::from_millis(30),
             loss: 0.1,

@@ -6,11 +6,11 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_peer_sync::durable::{EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::net::transport::Packet;
+use bevy_peer_sync::net::transport::memory::LinkConditioner;
+use bevy_peer_sync::net::wire::{self, Message};
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transport::Packet;
-use bevy_peer_sync::transport::memory::LinkConditioner;
-use bevy_peer_sync::wire::{self, Message};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -137,7 +137,7 @@ fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
 /// Builds a transient datagram naming entity `id` (created by `creator`) with a
 /// `Cursor` (transient type 0).
 fn forged(tick: u64, id: NetId, step: u32) -> Bytes {
-    use bevy_peer_sync::wire::write_varint as varint;
+    use bevy_peer_sync::net::wire::write_varint as varint;
     let mut body = Vec::new();
     varint(&mut body, tick);
     body.extend([0, 1]);

@@ -216,7 +216,7 @@ fn a_peer_that_drops_its_socket_reconnects_and_converges() {
 
 #[test]
 fn links_outlive_a_signaling_restart_and_the_room_refills() {
-    use bevy_peer_sync::signaling::start_signaling_server;
+    use bevy_peer_sync::net::signaling::start_signaling_server;
 
     let (server, mut apps, _) = webrtc_room("restart", 2, |_| {});
     let addr = server.addr();
@@ -259,8 +259,8 @@ fn links_outlive_a_signaling_restart_and_the_room_refills() {
 #[test]
 fn a_lone_peer_retries_a_lost_server_with_backoff_and_meets_the_next_player() {
     use bevy::prelude::*;
-    use bevy_peer_sync::connection::ReconnectPolicy;
-    use bevy_peer_sync::signaling::start_signaling_server;
+    use bevy_peer_sync::net::connection::ReconnectPolicy;
+    use bevy_peer_sync::net::signaling::start_signaling_server;
 
     let server = start_signaling_server(([127, 0, 0, 1], 0)).expect("signaling server starts");
     let addr = server.addr();

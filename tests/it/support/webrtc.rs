@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
+use bevy_peer_sync::net::signaling::{LocalSignalingServer, start_signaling_server};
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::signaling::{LocalSignalingServer, start_signaling_server};
 
 /// How many peers `app` has finished a handshake with.
 pub fn connected(app: &mut App) -> usize {

@@ -4,7 +4,7 @@
 use bevy::prelude::*;
 
 use crate::error::DecodeError;
-use crate::transport::Channel;
+use crate::net::transport::Channel;
 
 /// Why a datagram (or a change inside one) from a peer was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

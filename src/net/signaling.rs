@@ -5,7 +5,7 @@
 //! traffic flows peer to peer and never touches this server.
 //!
 //! ```no_run
-//! let server = bevy_peer_sync::signaling::start_signaling_server(([127, 0, 0, 1], 0)).unwrap();
+//! let server = bevy_peer_sync::net::signaling::start_signaling_server(([127, 0, 0, 1], 0)).unwrap();
 //! println!("players join {}", server.room_url("my_room"));
 //! // The server stops when `server` is dropped.
 //! ```

@@ -19,8 +19,8 @@
 //! not known yet (its spawn is still on the reliable channel) is held for
 //! [`TransientConfig::pending_timeout`] and applied when the entity appears.
 //!
-//! Components that implement [`Smooth`](crate::smoothing::Smooth) (like `Transform`) can be played back through
-//! an interpolation buffer instead of snapping: see [`crate::smoothing`].
+//! Components that implement [`Smooth`](crate::transient::smoothing::Smooth) (like `Transform`) can be played back through
+//! an interpolation buffer instead of snapping: see [`crate::transient::smoothing`].
 //!
 //! ## Datagram body
 //! ```text
@@ -39,6 +39,9 @@
 //! exchange values: the link stays up with matchbox 0.15, so the channel stays at
 //! `max_retransmits: 0`.
 
+pub mod smoothing;
+pub mod transform_codec;
+
 use std::collections::VecDeque;
 
 use bevy::platform::collections::HashMap;
@@ -51,12 +54,12 @@ use bytes::Bytes;
 
 use crate::PeerSyncSystems;
 use crate::durable::{NetEntities, NetId, Owner};
-use crate::peer::{LocalPeer, PeerId, PeerLeft, PeerReplica, Peers, ReplicaId};
-use crate::session::{Inbox, Outbox, Recipients};
-use crate::stage::StageAppExt;
-use crate::stats::{DropReason, PeerStats};
-use crate::transport::Channel;
-use crate::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE, read_varint, write_varint};
+use crate::net::peer::{LocalPeer, PeerId, PeerLeft, PeerReplica, Peers, ReplicaId};
+use crate::net::session::{Inbox, Outbox, Recipients};
+use crate::net::stats::{DropReason, PeerStats};
+use crate::net::transport::Channel;
+use crate::net::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE, read_varint, write_varint};
+use crate::schedule::StageAppExt;
 
 /// Where remote transient values are applied (in `PreUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,18 +127,18 @@ impl<T> Clone for TransientCodec<T> {
 impl<T> Copy for TransientCodec<T> {}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned> TransientCodec<T> {
-    /// The serde codec (bincode, see [`crate::wire`]).
+    /// The serde codec (bincode, see [`crate::net::wire`]).
     pub fn serde() -> Self {
         Self {
             encode: |value, _, out| {
-                if let Err(error) = crate::wire::codec::encode_into(value, out) {
+                if let Err(error) = crate::net::wire::codec::encode_into(value, out) {
                     error!(
                         "transient value `{}` cannot be encoded: {error}",
                         std::any::type_name::<T>()
                     );
                 }
             },
-            decode: |bytes, _| crate::wire::codec::decode(bytes).ok(),
+            decode: |bytes, _| crate::net::wire::codec::decode(bytes).ok(),
             param: 0.0,
             measure: None,
         }
@@ -223,7 +226,7 @@ pub(crate) fn plugin(app: &mut App) {
         .add_message::<CommitTransient>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
-            decode_transient.after(crate::shared_doc::receive_doc_messages),
+            decode_transient.after(crate::doc::receive_doc_messages),
         )
         .add_stage_systems(
             PeerSyncSystems::Collect,
@@ -572,7 +575,7 @@ fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
     replicas: Query<&PeerReplica>,
     mut stats: Query<&mut PeerStats>,
     mut targets: Query<&mut T>,
-    mut smoothing: Query<&mut crate::smoothing::Interpolated<T>>,
+    mut smoothing: Query<&mut crate::transient::smoothing::Interpolated<T>>,
 ) {
     let now = time.elapsed();
     let index = kind.index;
@@ -728,7 +731,7 @@ mod tests {
     use super::*;
     use crate::durable::{Replicated, SyncAppExt};
     use crate::testing::TestRoom;
-    use crate::transform_codec::TransformEncoding;
+    use crate::transient::transform_codec::TransformEncoding;
 
     /// What a receiver keeps per entity and per sender does not outgrow the room:
     /// entries of despawned entities go once they outnumber the living, and a sender's

@@ -12,7 +12,7 @@
 //!   (step 1) and answers the other's with exactly the missing diff (step 2), so a late
 //!   joiner or a peer that edited offline converges with everyone, with no host. A
 //!   peer whose documents are still empty when a link opens says so in its hello
-//!   ([`Hello::fresh`](crate::wire::Hello::fresh)): the other side sends it its whole
+//!   ([`Hello::fresh`](crate::net::wire::Hello::fresh)): the other side sends it its whole
 //!   state as they join, and it asks nothing, which saves a new player a round trip.
 //!   It says so to one peer only, and holds back step 1 to the others until that
 //!   state came (or [`HELD_STEP1_WAIT`] passed), so it is not sent the room's whole
@@ -34,7 +34,7 @@
 //! ```
 //! use bevy::prelude::*;
 //! use bevy_peer_sync::prelude::*;
-//! use bevy_peer_sync::shared_doc::SharedDoc;
+//! use bevy_peer_sync::doc::SharedDoc;
 //! use bevy_peer_sync::testing::TestRoom;
 //! use bevy_peer_sync::yrs::{GetString, Text, Transact};
 //!
@@ -73,12 +73,12 @@ pub mod pieces;
 mod v1;
 
 use crate::PeerSyncSystems;
-use crate::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
-use crate::session::{FreshDocs, Inbox, Outbox, Recipients};
-use crate::stage::StageAppExt;
-use crate::stats::{DropReason, PeerStats};
-use crate::transport::Channel;
-use crate::wire::Message;
+use crate::net::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
+use crate::net::session::{FreshDocs, Inbox, Outbox, Recipients};
+use crate::net::stats::{DropReason, PeerStats};
+use crate::net::transport::Channel;
+use crate::net::wire::Message;
+use crate::schedule::StageAppExt;
 
 /// Origin of transactions that apply remote updates.
 pub(crate) const REMOTE_ORIGIN: &str = "bevy_peer_sync/remote";
@@ -644,7 +644,7 @@ pub(crate) fn plugin(app: &mut App) {
         // next, which a hint can afford).
         .add_stage_systems(
             PeerSyncSystems::Receive,
-            note_fresh_docs.before(crate::session::receive_packets),
+            note_fresh_docs.before(crate::net::session::receive_packets),
         );
 }
 
@@ -656,7 +656,7 @@ fn send_state_vectors(
     mut joined: MessageReader<PeerJoined>,
     doc: Res<SharedDoc>,
     entities: Option<Res<crate::durable::EntityDoc>>,
-    links: Query<&crate::session::Inbound>,
+    links: Query<&crate::net::session::Inbound>,
     fresh: Res<FreshDocs>,
     mut held: ResMut<HeldStep1>,
     time: Res<Time<Real>>,
@@ -691,7 +691,7 @@ fn send_state_vectors(
 
 /// Notes when this peer's documents stop being empty (see [`Hello::fresh`]).
 ///
-/// [`Hello::fresh`]: crate::wire::Hello::fresh
+/// [`Hello::fresh`]: crate::net::wire::Hello::fresh
 fn note_fresh_docs(
     mut fresh: ResMut<FreshDocs>,
     doc: Res<SharedDoc>,
@@ -717,7 +717,7 @@ fn note_fresh_docs(
 }
 
 /// How long a fresh peer holds back y-sync step 1 to the other peers while the whole
-/// state it asked one peer for (see [`Hello::fresh`](crate::wire::Hello::fresh)) does
+/// state it asked one peer for (see [`Hello::fresh`](crate::net::wire::Hello::fresh)) does
 /// not come.
 pub const HELD_STEP1_WAIT: Duration = Duration::from_secs(2);
 
@@ -912,8 +912,8 @@ mod tests {
     /// them at once. Either way it converges with the room.
     #[test]
     fn a_fresh_joiner_asks_the_others_when_the_asked_peer_fails_it() {
+        use crate::net::transport::memory::LinkConditioner;
         use crate::testing::TestRoom;
-        use crate::transport::memory::LinkConditioner;
 
         for leaves in [false, true] {
             let mut room = TestRoom::new(8);

@@ -14,8 +14,8 @@ use bevy::prelude::*;
 
 use crate::PeerSyncSystems;
 use crate::durable::{NetId, Owner};
-use crate::peer::{LocalPeer, PeerId};
-use crate::stage::StageAppExt;
+use crate::net::peer::{LocalPeer, PeerId};
+use crate::schedule::StageAppExt;
 
 /// A value that can be blended between two samples.
 pub trait Smooth: Clone + Send + Sync + 'static {

@@ -1,7 +1,7 @@
 //! Peers as entities: who is in the room, and what game code hears about them.
 //!
 //! Every remote peer with an open link has an entity carrying [`Peer`],
-//! [`PeerLink`] and [`PeerStats`](crate::stats::PeerStats). The entity appears when the link opens
+//! [`PeerLink`] and [`PeerStats`](crate::net::stats::PeerStats). The entity appears when the link opens
 //! ([`PeerLink::Handshaking`]), becomes [`PeerLink::Connected`] once both sides agree on
 //! the protocol and the registered sync types and each knows the other has its hello
 //! (then [`PeerJoined`] is written; hellos are repeated until then, since the first
@@ -67,7 +67,7 @@ pub struct PeerReplica(pub ReplicaId);
 
 /// A remote peer. Lives on the peer's entity.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
-#[require(PeerLink, crate::stats::PeerStats)]
+#[require(PeerLink, crate::net::stats::PeerStats)]
 pub struct Peer {
     /// The peer's id.
     pub id: PeerId,

@@ -10,10 +10,10 @@
 //! The two channels behave like WebRTC data channels: the unreliable one loses,
 //! reorders and duplicates; the reliable one never loses or reorders, so loss on it
 //! shows up as retransmission delay and head-of-line blocking, as SCTP does. Datagrams
-//! over [`crate::wire::MAX_DATAGRAM`] bytes are refused, as webrtc-rs refuses them.
+//! over [`crate::net::wire::MAX_DATAGRAM`] bytes are refused, as webrtc-rs refuses them.
 //!
 //! ```
-//! use bevy_peer_sync::transport::memory::{LinkConditioner, MemoryNetwork};
+//! use bevy_peer_sync::net::transport::memory::{LinkConditioner, MemoryNetwork};
 //! use std::time::Duration;
 //!
 //! let network = MemoryNetwork::new(7);
@@ -34,10 +34,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::PeerSyncSystems;
-use crate::peer::PeerId;
-use crate::stage::StageAppExt;
-use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
-use crate::wire::MAX_DATAGRAM;
+use crate::net::peer::PeerId;
+use crate::net::transport::{
+    BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems,
+};
+use crate::net::wire::MAX_DATAGRAM;
+use crate::schedule::StageAppExt;
 
 /// How one direction of a link mistreats datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -446,11 +448,11 @@ struct HomeNetwork(MemoryNetwork);
 
 fn go_online_or_offline(
     mut commands: Commands,
-    mut requests: MessageReader<crate::connection::SetOnline>,
+    mut requests: MessageReader<crate::net::connection::SetOnline>,
     endpoint: Option<Res<MemoryEndpoint>>,
     home: Option<Res<HomeNetwork>>,
 ) {
-    use crate::connection::SetOnline;
+    use crate::net::connection::SetOnline;
     let Some(request) = requests.read().last() else {
         return;
     };

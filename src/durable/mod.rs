@@ -63,13 +63,13 @@ use yrs::{
 };
 
 use crate::PeerSyncSystems;
-use crate::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId};
+use crate::doc::{DocId, REMOTE_ORIGIN, SyncedDoc, encode_sync};
+use crate::net::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId};
+use crate::net::session::{Outbox, Recipients};
+use crate::net::stats::{DropReason, PeerStats};
+use crate::net::transport::Channel;
 use crate::registry::{Route, SyncRegistry};
-use crate::session::{Outbox, Recipients};
-use crate::shared_doc::{DocId, REMOTE_ORIGIN, SyncedDoc, encode_sync};
-use crate::stage::StageAppExt;
-use crate::stats::{DropReason, PeerStats};
-use crate::transport::Channel;
+use crate::schedule::StageAppExt;
 
 const ENTITIES: &str = "entities";
 /// Live updates from one peer that may wait for their ownership at once.
@@ -626,8 +626,11 @@ pub trait SyncAppExt {
         T: Component<Mutability = Mutable>;
 
     /// Synchronises `Transform` on the transient route with `encoding`, smoothed on
-    /// receivers (see [`crate::smoothing`]).
-    fn sync_transform(&mut self, encoding: crate::transform_codec::TransformEncoding) -> &mut Self;
+    /// receivers (see [`crate::transient::smoothing`]).
+    fn sync_transform(
+        &mut self,
+        encoding: crate::transient::transform_codec::TransformEncoding,
+    ) -> &mut Self;
 }
 
 /// Lists `T` among the types the document holds, under `name`.
@@ -706,15 +709,28 @@ impl SyncAppExt for App {
         self
     }
 
-    fn sync_transform(&mut self, encoding: crate::transform_codec::TransformEncoding) -> &mut Self {
+    fn sync_transform(
+        &mut self,
+        encoding: crate::transient::transform_codec::TransformEncoding,
+    ) -> &mut Self {
         let name = match encoding {
-            crate::transform_codec::TransformEncoding::Lossless => "Transform".to_owned(),
-            crate::transform_codec::TransformEncoding::Quantized { position_precision } => {
+            crate::transient::transform_codec::TransformEncoding::Lossless => {
+                "Transform".to_owned()
+            }
+            crate::transient::transform_codec::TransformEncoding::Quantized {
+                position_precision,
+            } => {
                 format!("Transform@{position_precision}")
             }
         };
-        self.sync_transient_with::<Transform>(name, crate::transform_codec::codec(encoding));
-        crate::smoothing::SmoothAppExt::smooth_component::<Transform>(self, Default::default())
+        self.sync_transient_with::<Transform>(
+            name,
+            crate::transient::transform_codec::codec(encoding),
+        );
+        crate::transient::smoothing::SmoothAppExt::smooth_component::<Transform>(
+            self,
+            Default::default(),
+        )
     }
 }
 
@@ -813,7 +829,7 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<PendingRequests>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
-            apply_remote_entities.after(crate::shared_doc::receive_doc_messages),
+            apply_remote_entities.after(crate::doc::receive_doc_messages),
         )
         .add_stage_systems(
             PeerSyncSystems::Collect,
@@ -1125,7 +1141,7 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
     let mut present: HashSet<ReplicaId> = HashSet::from([local]);
     let mut replica_of: HashMap<PeerId, ReplicaId> = HashMap::new();
     {
-        let mut query = world.query::<(&crate::peer::Peer, &PeerReplica)>();
+        let mut query = world.query::<(&crate::net::peer::Peer, &PeerReplica)>();
         for (peer, replica) in query.iter(world) {
             present.insert(replica.0);
             replica_of.insert(peer.id, replica.0);
@@ -1164,7 +1180,7 @@ pub(crate) fn apply_remote_entities(world: &mut World) {
             let brings_news = |_: PeerId, update: &Update| {
                 // Cheapest first: `extends` may walk every block (all of a piece that
                 // continues past `known`, which `leaves_hole` sees at once).
-                let new = crate::shared_doc::leaves_hole(update, &known)
+                let new = crate::doc::leaves_hole(update, &known)
                     || !update.delete_set().is_empty()
                     || update.extends(&known);
                 news |= new;

@@ -14,8 +14,8 @@
 
 use bevy::prelude::*;
 
+use crate::net::wire::{read_varint, write_varint};
 use crate::transient::TransientCodec;
-use crate::wire::{read_varint, write_varint};
 
 /// How `Transform` travels.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

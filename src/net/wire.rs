@@ -26,7 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, EncodeError};
-use crate::transport::Channel;
+use crate::net::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
 pub const PROTOCOL_VERSION: u8 = 3;
@@ -79,7 +79,7 @@ pub enum Kind {
     Hello = 1,
     /// A piece of a large reliable message.
     Fragment = 2,
-    /// Application bytes (see [`crate::session::SendPayload`]).
+    /// Application bytes (see [`crate::net::session::SendPayload`]).
     Payload = 3,
     /// Round-trip probe.
     Ping = 4,

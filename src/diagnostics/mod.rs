@@ -45,12 +45,12 @@ use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnost
 use bevy::prelude::*;
 
 use crate::PeerSyncSystems;
+use crate::doc::SharedDoc;
 use crate::durable::EntityDoc;
-use crate::peer::{Peer, PeerLink};
-use crate::shared_doc::SharedDoc;
-use crate::stage::StageAppExt;
-use crate::stats::PeerStats;
-use crate::transport::Channel;
+use crate::net::peer::{Peer, PeerLink};
+use crate::net::stats::PeerStats;
+use crate::net::transport::Channel;
+use crate::schedule::StageAppExt;
 
 /// Connected peers.
 pub const PEERS: DiagnosticPath = DiagnosticPath::const_new("peer_sync/peers");
@@ -106,7 +106,7 @@ pub struct RoomDiagnostics {
     /// Refused datagrams and changes, total, with out-of-order document updates
     /// given up for want of their history ([`SyncedDoc::given_up_updates`]).
     ///
-    /// [`SyncedDoc::given_up_updates`]: crate::shared_doc::SyncedDoc::given_up_updates
+    /// [`SyncedDoc::given_up_updates`]: crate::doc::SyncedDoc::given_up_updates
     pub dropped: u64,
     /// Encoded document size, bytes, once measured.
     pub doc_bytes: Option<usize>,
@@ -149,8 +149,8 @@ pub(crate) fn plugin(app: &mut App) {
             PeerSyncSystems::Send,
             (measure_doc_size, measure)
                 .chain()
-                .after(crate::session::send_packets)
-                .before(crate::transport::TransportSystems::Send),
+                .after(crate::net::session::send_packets)
+                .before(crate::net::transport::TransportSystems::Send),
         );
 }
 

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use bevy::prelude::*;
-//! use bevy_peer_sync::connection::{ConnectionState, ConnectionStateChanged};
+//! use bevy_peer_sync::net::connection::{ConnectionState, ConnectionStateChanged};
 //!
 //! fn show_connection(mut changes: MessageReader<ConnectionStateChanged>) {
 //!     for change in changes.read() {
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 
-use crate::transport::{BackendStatus, TransportIo};
+use crate::net::transport::{BackendStatus, TransportIo};
 
 /// Whether this peer is in the room. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -19,9 +19,9 @@ use yrs::block::ClientID;
 use super::v1::{self, Reader};
 
 /// The default [`SyncedDoc::piece_size`](super::SyncedDoc::piece_size): a piece and
-/// its headers fit one datagram (no [fragments](crate::wire::FRAGMENT_SIZE)), and the
+/// its headers fit one datagram (no [fragments](crate::net::wire::FRAGMENT_SIZE)), and the
 /// first is decoded in a few dozen microseconds.
-pub const PIECE_SIZE: usize = crate::wire::FRAGMENT_SIZE - 256;
+pub const PIECE_SIZE: usize = crate::net::wire::FRAGMENT_SIZE - 256;
 
 /// One client's blocks within a piece.
 struct Run {

@@ -46,7 +46,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::shared_doc::v1::HAS_PARENT_SUB;
+    use crate::doc::v1::HAS_PARENT_SUB;
 
     fn nested(depth: usize) -> Any {
         (0..depth).fold(Any::Null, |inner, _| Any::Array(Arc::from([inner])))
@@ -109,7 +109,7 @@ mod tests {
         assert!(any_depth(&update).is_some_and(|depth| depth > MAX_ANY_DEPTH));
         assert_eq!(
             super::super::decode_update(&update, &Default::default()).err(),
-            Some(crate::stats::DropReason::Malformed)
+            Some(crate::net::stats::DropReason::Malformed)
         );
         // The same at a depth games use goes through.
         let mut shallow = vec![1, 1, 7, 0, 8 | HAS_PARENT_SUB, 1, 1, b'm', 1, b'k', 1];

@@ -3,7 +3,7 @@
 //! A backend fills [`TransportIo`] with link events and received datagrams in
 //! [`TransportSystems::Receive`] (in `PreUpdate`) and drains what the plugin queued in
 //! [`TransportSystems::Send`] (in `PostUpdate`). (The built-in backends run in the same
-//! sets inside the plugin's own [`Stage`](crate::stage::Stage) schedules, first and
+//! sets inside the plugin's own [`Stage`](crate::schedule::Stage) schedules, first and
 //! last.) Nothing else crosses the boundary, so
 //! backends are swappable: [`matchbox`] speaks WebRTC, [`memory`] connects several
 //! `App`s in one process with a seeded link conditioner, and your own backend only has
@@ -12,7 +12,7 @@
 //! ```
 //! use bevy::prelude::*;
 //! use bevy_peer_sync::prelude::*;
-//! use bevy_peer_sync::transport::Packet;
+//! use bevy_peer_sync::net::transport::Packet;
 //!
 //! // A backend that loops every reliable packet back to its sender.
 //! fn echo_backend(mut io: ResMut<TransportIo>) {
@@ -33,7 +33,7 @@ pub mod memory;
 use bevy::prelude::*;
 use bytes::Bytes;
 
-use crate::peer::PeerId;
+use crate::net::peer::PeerId;
 
 /// The two data channels every peer link has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,5 +1,5 @@
 //! WebRTC through `matchbox_socket`: a full mesh of data channels, brokered by a
-//! matchbox signaling server (see [`crate::signaling`]).
+//! matchbox signaling server (see [`crate::net::signaling`]).
 //!
 //! The socket's message loop runs on Bevy's [`IoTaskPool`](bevy::tasks::IoTaskPool)
 //! (through `bevy_matchbox`), which works on native and in the browser. Channel 0 is
@@ -17,10 +17,12 @@ use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
 use crate::PeerSyncSystems;
-use crate::connection::{ReconnectPolicy, SetOnline};
 use crate::error::PeerSyncError;
-use crate::stage::StageAppExt;
-use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems};
+use crate::net::connection::{ReconnectPolicy, SetOnline};
+use crate::net::transport::{
+    BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems,
+};
+use crate::schedule::StageAppExt;
 
 /// Which ICE (STUN/TURN) servers the WebRTC connections use.
 #[derive(Debug, Clone, Default)]

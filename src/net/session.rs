@@ -13,16 +13,16 @@ use bevy::prelude::*;
 use bytes::Bytes;
 
 use crate::error::DecodeError;
-use crate::peer::{
+use crate::net::peer::{
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, PeerReplica, Peers,
     RejectReason, ReplicaId,
 };
-use crate::registry::SyncRegistry;
-use crate::stats::{DropReason, PeerStats};
-use crate::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo};
-use crate::wire::{
+use crate::net::stats::{DropReason, PeerStats};
+use crate::net::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo};
+use crate::net::wire::{
     self, Frame, Hello, MAX_DATAGRAM, Message, PROTOCOL_VERSION, Reassembler, WireLimits,
 };
+use crate::registry::SyncRegistry;
 
 /// Settings of the session layer.
 #[derive(Resource, Debug, Clone)]
@@ -140,7 +140,7 @@ pub(crate) struct Inbound {
 /// A fresh peer asks one peer for everything: its hello to the first link says
 /// fresh, to later ones not, and it holds back y-sync step 1 to the others (whose
 /// answer would be the same whole state again) until that state comes, the asked
-/// peer goes, or [`crate::shared_doc`] tires of waiting.
+/// peer goes, or [`crate::doc`] tires of waiting.
 #[derive(Resource, Debug)]
 pub(crate) struct FreshDocs {
     /// Nothing written, nothing received.
