@@ -40,11 +40,11 @@ use bevy::prelude::*;
 use yrs::Update;
 use yrs::updates::decoder::Decode;
 
-use crate::PeerSyncSystems;
 use crate::doc::{DocLimits, SharedDoc, decode_update};
 use crate::durable::EntityDoc;
 use crate::error::PeerSyncError;
 use crate::net::peer::{LocalPeer, ReplicaId};
+use crate::schedule::PeerSyncSystems;
 
 const MAGIC: &[u8; 4] = b"BPSY";
 const FORMAT: u8 = 1;

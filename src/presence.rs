@@ -58,14 +58,13 @@ use bevy::prelude::*;
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::PeerSyncSystems;
 use crate::net::peer::{Peer, PeerJoined, PeerLink, Peers};
 use crate::net::session::{Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::net::wire::{Message, read_varint, write_varint};
 use crate::registry::{Route, SyncRegistry};
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// Presence timing.
 #[derive(Resource, Debug, Clone, PartialEq)]

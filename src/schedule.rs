@@ -1,4 +1,12 @@
-//! Where the plugin's own systems run: one small schedule per [`PeerSyncSystems`] set.
+//! Where the plugin's systems run: four public sets, each run from a small schedule of
+//! its own, and the steps inside them that let routes order against each other
+//! without naming each other's systems.
+//!
+//! `PreUpdate`: [`TransportSystems::Receive`]
+//! → [`PeerSyncSystems::Receive`] → [`PeerSyncSystems::Apply`]. `PostUpdate`:
+//! [`PeerSyncSystems::Collect`] → [`PeerSyncSystems::Send`] →
+//! [`TransportSystems::Send`]. Game systems in
+//! `Update` see this frame's remote changes, and their own changes leave the same frame.
 //!
 //! The plugin has a few dozen systems (more with every synced type), each doing
 //! microseconds of work on a quiet frame. Bevy's multi-threaded executor costs a few
@@ -16,11 +24,71 @@ use bevy::ecs::schedule::{ScheduleConfigs, ScheduleLabel, SingleThreadedExecutor
 use bevy::ecs::system::ScheduleSystem;
 use bevy::prelude::*;
 
-use crate::PeerSyncSystems;
+/// Where the plugin's systems run, in order.
+///
+/// `PreUpdate`: [`TransportSystems::Receive`]
+/// → [`PeerSyncSystems::Receive`] → [`PeerSyncSystems::Apply`]. `PostUpdate`:
+/// [`PeerSyncSystems::Collect`] → [`PeerSyncSystems::Send`] →
+/// [`TransportSystems::Send`]. Game systems in
+/// `Update` see this frame's remote changes and their own changes leave the same frame.
+///
+/// In each set one system runs the plugin's own systems of that set, single-threaded,
+/// from the set's [`Stage`] schedule (see the [module docs](self) for why).
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerSyncSystems {
+    /// Link events and datagrams are decoded and routed.
+    Receive,
+    /// Remote state is applied to the world.
+    Apply,
+    /// Local changes are gathered for sending.
+    Collect,
+    /// Everything queued is encoded and handed to the transport.
+    Send,
+}
+
+/// Where transport backends run (re-exported as
+/// [`net::transport::TransportSystems`](crate::net::transport::TransportSystems)).
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportSystems {
+    /// `PreUpdate`: the backend fills
+    /// [`TransportIo`](crate::net::transport::TransportIo).
+    Receive,
+    /// `PostUpdate`: the backend drains
+    /// [`TransportIo`](crate::net::transport::TransportIo).
+    Send,
+}
 
 /// The schedule that holds the plugin's systems of one [`PeerSyncSystems`] set.
 #[derive(ScheduleLabel, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stage(pub PeerSyncSystems);
+
+/// Steps inside the stages. A route puts its systems in a step instead of ordering
+/// them after another route's systems, so routes never name each other.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Step {
+    /// Receive: what the documents tell the handshake (before hellos are read).
+    NoteDocs,
+    /// Receive: link events and datagrams decoded and routed to the routes' inboxes.
+    Decode,
+    /// Apply: y-sync messages answered, document updates queued or applied.
+    SyncDocs,
+    /// Apply: the entity document applied and materialised into the world.
+    ApplyEntities,
+    /// Apply: datagrams of the transient route decoded.
+    DecodeValues,
+    /// Apply: transient values applied to their entities (then smoothing).
+    ApplyValues,
+    /// Collect: new replicated entities get their ids.
+    AssignIds,
+    /// Collect: component values staged for the entity document.
+    StageWrites,
+    /// Collect: the staged values written to the entity document, in one transaction.
+    FlushDoc,
+    /// Send: hellos, pings and everything queued encoded for the transport.
+    Encode,
+    /// Send: what was encoded counted, before the transport takes it.
+    Tally,
+}
 
 /// Adds systems to the plugin's [`Stage`] schedules.
 pub(crate) trait StageAppExt {
@@ -44,18 +112,63 @@ impl StageAppExt for App {
     }
 }
 
-/// Creates the [`Stage`] of `set`, single-threaded, unless it exists.
+/// Creates the [`Stage`] of `set`, single-threaded, with its steps in order, unless
+/// it exists.
 fn ensure_stage(app: &mut App, set: PeerSyncSystems) {
     let label = Stage(set);
-    if !app.world().resource::<Schedules>().contains(label) {
-        let mut schedule = Schedule::new(label);
-        schedule.set_executor(SingleThreadedExecutor::new());
-        app.add_schedule(schedule);
+    if app.world().resource::<Schedules>().contains(label) {
+        return;
     }
+    let mut schedule = Schedule::new(label);
+    schedule.set_executor(SingleThreadedExecutor::new());
+    match set {
+        PeerSyncSystems::Receive => {
+            // The built-in backends run in the stages: first here, last in `Send`.
+            schedule
+                .configure_sets((TransportSystems::Receive, Step::NoteDocs, Step::Decode).chain());
+        }
+        PeerSyncSystems::Apply => {
+            schedule.configure_sets(
+                (
+                    Step::SyncDocs,
+                    Step::ApplyEntities,
+                    Step::DecodeValues,
+                    Step::ApplyValues,
+                )
+                    .chain(),
+            );
+        }
+        PeerSyncSystems::Collect => {
+            schedule.configure_sets((Step::AssignIds, Step::StageWrites, Step::FlushDoc).chain());
+        }
+        PeerSyncSystems::Send => {
+            schedule.configure_sets((Step::Encode, Step::Tally, TransportSystems::Send).chain());
+        }
+    }
+    app.add_schedule(schedule);
 }
 
-/// Adds the four runners, one in each set. Part of [`crate::PeerSyncPlugin`].
+/// Orders the four sets and adds their runners, one in each set. Part of
+/// [`crate::PeerSyncPlugin`].
 pub(crate) fn plugin(app: &mut App) {
+    app.configure_sets(
+        PreUpdate,
+        (
+            TransportSystems::Receive,
+            PeerSyncSystems::Receive,
+            PeerSyncSystems::Apply,
+        )
+            .chain(),
+    )
+    .configure_sets(
+        PostUpdate,
+        (
+            PeerSyncSystems::Collect,
+            PeerSyncSystems::Send,
+            TransportSystems::Send,
+        )
+            .chain(),
+    );
     for set in [
         PeerSyncSystems::Receive,
         PeerSyncSystems::Apply,

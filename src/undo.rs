@@ -47,8 +47,8 @@ use bevy::prelude::*;
 use yrs::UndoManager;
 use yrs::undo::Options;
 
-use crate::PeerSyncSystems;
 use crate::doc::SharedDoc;
+use crate::schedule::PeerSyncSystems;
 
 /// Undo this peer's last edit step.
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq, Default)]

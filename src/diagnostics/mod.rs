@@ -44,13 +44,12 @@ use std::time::Duration;
 use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
 use bevy::prelude::*;
 
-use crate::PeerSyncSystems;
 use crate::doc::SharedDoc;
 use crate::durable::EntityDoc;
 use crate::net::peer::{Peer, PeerLink};
 use crate::net::stats::PeerStats;
 use crate::net::transport::Channel;
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
 
 /// Connected peers.
 pub const PEERS: DiagnosticPath = DiagnosticPath::const_new("peer_sync/peers");
@@ -147,10 +146,7 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<SampleClock>()
         .add_stage_systems(
             PeerSyncSystems::Send,
-            (measure_doc_size, measure)
-                .chain()
-                .after(crate::net::session::send_packets)
-                .before(crate::net::transport::TransportSystems::Send),
+            (measure_doc_size, measure).chain().in_set(Step::Tally),
         );
 }
 

@@ -72,13 +72,12 @@ pub mod nesting;
 pub mod pieces;
 mod v1;
 
-use crate::PeerSyncSystems;
 use crate::net::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
 use crate::net::session::{FreshDocs, Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::net::wire::Message;
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
 
 /// Origin of transactions that apply remote updates.
 pub(crate) const REMOTE_ORIGIN: &str = "bevy_peer_sync/remote";
@@ -633,7 +632,8 @@ pub(crate) fn plugin(app: &mut App) {
                 ask_for_missing_history,
                 receive_doc_messages,
             )
-                .chain(),
+                .chain()
+                .in_set(Step::SyncDocs),
         )
         .add_stage_systems(PeerSyncSystems::Collect, send_local_updates)
         // After this frame's catch-up is applied (in `Apply`), so the answers to these
@@ -644,7 +644,7 @@ pub(crate) fn plugin(app: &mut App) {
         // next, which a hint can afford).
         .add_stage_systems(
             PeerSyncSystems::Receive,
-            note_fresh_docs.before(crate::net::session::receive_packets),
+            note_fresh_docs.in_set(Step::NoteDocs),
         );
 }
 

@@ -62,14 +62,13 @@ use yrs::{
     TransactionMut, Update,
 };
 
-use crate::PeerSyncSystems;
 use crate::doc::{DocId, REMOTE_ORIGIN, SyncedDoc, encode_sync};
 use crate::net::peer::{LocalPeer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId};
 use crate::net::session::{Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::registry::{Route, SyncRegistry};
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
 
 const ENTITIES: &str = "entities";
 /// Live updates from one peer that may wait for their ownership at once.
@@ -668,9 +667,7 @@ impl SyncAppExt for App {
                 );
                 self.add_stage_systems(
                     PeerSyncSystems::Collect,
-                    stage_component::<T>
-                        .after(assign_net_ids)
-                        .before(flush_staged),
+                    stage_component::<T>.in_set(Step::StageWrites),
                 )
             }
             Route::Transient => {
@@ -829,17 +826,17 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<PendingRequests>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
-            apply_remote_entities.after(crate::doc::receive_doc_messages),
+            apply_remote_entities.in_set(Step::ApplyEntities),
         )
         .add_stage_systems(
             PeerSyncSystems::Collect,
             (
-                assign_net_ids,
-                answer_requests,
-                flush_staged,
-                send_entity_updates,
-            )
-                .chain(),
+                assign_net_ids.in_set(Step::AssignIds),
+                answer_requests.in_set(Step::StageWrites),
+                (flush_staged, send_entity_updates)
+                    .chain()
+                    .in_set(Step::FlushDoc),
+            ),
         );
 }
 
@@ -1341,7 +1338,9 @@ fn note_replica_changes(
 pub(crate) fn presence_hooks(app: &mut App) {
     app.init_resource::<OwnerChanges>().add_stage_systems(
         PeerSyncSystems::Apply,
-        note_replica_changes.before(apply_remote_entities),
+        note_replica_changes
+            .before(apply_remote_entities)
+            .in_set(Step::ApplyEntities),
     );
 }
 

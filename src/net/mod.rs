@@ -10,3 +10,43 @@ pub mod signaling;
 pub mod stats;
 pub mod transport;
 pub mod wire;
+
+use bevy::prelude::*;
+
+use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
+
+/// Adds the peers, the session with each and its systems. Part of
+/// [`crate::PeerSyncPlugin`].
+pub(crate) fn plugin(app: &mut App) {
+    app.init_resource::<peer::LocalPeer>()
+        .init_resource::<peer::Peers>()
+        .init_resource::<session::SessionState>()
+        .init_resource::<session::FreshDocs>()
+        .init_resource::<session::Outbox>()
+        .init_resource::<session::Inbox>()
+        .add_message::<peer::PeerJoined>()
+        .add_message::<peer::PeerLeft>()
+        .add_message::<peer::PeerRejected>()
+        .add_message::<session::SendPayload>()
+        .add_message::<session::PayloadReceived>()
+        .add_stage_systems(
+            PeerSyncSystems::Receive,
+            (
+                connection::track_connection,
+                session::handle_link_events,
+                session::receive_packets,
+            )
+                .chain()
+                .in_set(Step::Decode),
+        )
+        .add_stage_systems(
+            PeerSyncSystems::Send,
+            (
+                session::repeat_hellos,
+                session::queue_pings,
+                session::send_packets,
+            )
+                .chain()
+                .in_set(Step::Encode),
+        );
+}

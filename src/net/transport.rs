@@ -167,11 +167,4 @@ impl TransportIo {
     }
 }
 
-/// Where transport backends run.
-#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransportSystems {
-    /// `PreUpdate`: the backend fills [`TransportIo`].
-    Receive,
-    /// `PostUpdate`: the backend drains [`TransportIo`].
-    Send,
-}
+pub use crate::schedule::TransportSystems;

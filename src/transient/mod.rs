@@ -52,14 +52,13 @@ use bevy::ecs::component::Mutable;
 use bevy::prelude::*;
 use bytes::Bytes;
 
-use crate::PeerSyncSystems;
 use crate::durable::{NetEntities, NetId, Owner};
 use crate::net::peer::{LocalPeer, PeerId, PeerLeft, PeerReplica, Peers, ReplicaId};
 use crate::net::session::{Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::net::wire::{HEADER_SIZE, Message, SAFE_UNRELIABLE_SIZE, read_varint, write_varint};
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, Stage, StageAppExt, Step};
 
 /// Where remote transient values are applied (in `PreUpdate`).
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,9 +223,13 @@ pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<TransientState>()
         .init_resource::<TransientConfig>()
         .add_message::<CommitTransient>()
+        .configure_sets(
+            Stage(PeerSyncSystems::Apply),
+            ApplyTransient.in_set(Step::ApplyValues),
+        )
         .add_stage_systems(
             PeerSyncSystems::Apply,
-            decode_transient.after(crate::doc::receive_doc_messages),
+            decode_transient.in_set(Step::DecodeValues),
         )
         .add_stage_systems(
             PeerSyncSystems::Collect,
@@ -243,16 +246,11 @@ where
     app.insert_resource(TransientType::<T>::new(index, codec))
         .add_stage_systems(
             PeerSyncSystems::Collect,
-            commit_transient::<T>
-                .after(crate::durable::assign_net_ids)
-                .before(crate::durable::flush_staged),
+            commit_transient::<T>.in_set(Step::StageWrites),
         )
         .add_stage_systems(
             PeerSyncSystems::Apply,
-            apply_transient::<T>
-                .in_set(ApplyTransient)
-                .after(decode_transient)
-                .after(crate::durable::apply_remote_entities),
+            apply_transient::<T>.in_set(ApplyTransient),
         )
         .add_stage_systems(
             PeerSyncSystems::Collect,

@@ -12,10 +12,9 @@ use std::time::Duration;
 use bevy::ecs::component::Mutable;
 use bevy::prelude::*;
 
-use crate::PeerSyncSystems;
 use crate::durable::{NetId, Owner};
 use crate::net::peer::{LocalPeer, PeerId};
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// A value that can be blended between two samples.
 pub trait Smooth: Clone + Send + Sync + 'static {

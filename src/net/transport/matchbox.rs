@@ -16,13 +16,12 @@ use bevy::prelude::*;
 use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
-use crate::PeerSyncSystems;
 use crate::error::PeerSyncError;
 use crate::net::connection::{ReconnectPolicy, SetOnline};
 use crate::net::transport::{
     BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems,
 };
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// Which ICE (STUN/TURN) servers the WebRTC connections use.
 #[derive(Debug, Clone, Default)]

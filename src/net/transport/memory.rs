@@ -33,13 +33,12 @@ use bevy::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::PeerSyncSystems;
 use crate::net::peer::PeerId;
 use crate::net::transport::{
     BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems,
 };
 use crate::net::wire::MAX_DATAGRAM;
-use crate::schedule::StageAppExt;
+use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// How one direction of a link mistreats datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

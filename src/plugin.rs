@@ -1,0 +1,144 @@
+//! [`PeerSyncPlugin`]: the plugin and its builder.
+
+use bevy::prelude::*;
+
+use crate::error::PeerSyncError;
+use crate::net::connection::ReconnectPolicy;
+use crate::net::session::SessionConfig;
+use crate::net::transport::TransportIo;
+use crate::net::transport::matchbox::{IceServers, MatchboxConfig, MatchboxTransportPlugin};
+use crate::net::transport::memory::{MemoryNetwork, MemoryTransportPlugin};
+use crate::net::wire::WireLimits;
+use crate::registry::SyncRegistry;
+
+#[derive(Debug, Clone)]
+enum TransportChoice {
+    Matchbox(MatchboxConfig),
+    Memory(MemoryNetwork),
+    Custom,
+}
+
+/// Adds peer-to-peer sync to an app.
+#[derive(Debug, Clone)]
+pub struct PeerSyncPlugin {
+    transport: TransportChoice,
+    session: SessionConfig,
+}
+
+impl PeerSyncPlugin {
+    /// Joins the room at `room_url` (e.g. `ws://127.0.0.1:3536/my_room`) over WebRTC.
+    ///
+    /// A room on this machine needs nothing else. For a room elsewhere choose ICE
+    /// servers, or the plugin refuses to build.
+    pub fn new(room_url: impl Into<String>) -> Self {
+        Self {
+            transport: TransportChoice::Matchbox(MatchboxConfig::new(room_url)),
+            session: SessionConfig::default(),
+        }
+    }
+
+    /// Joins an in-process [`MemoryNetwork`], for tests and simulations.
+    pub fn in_memory(network: &MemoryNetwork) -> Self {
+        Self {
+            transport: TransportChoice::Memory(network.clone()),
+            session: SessionConfig::default(),
+        }
+    }
+
+    /// Adds no backend: your own systems fill and drain [`TransportIo`] in
+    /// [`TransportSystems`](crate::net::transport::TransportSystems).
+    pub fn with_custom_transport() -> Self {
+        Self {
+            transport: TransportChoice::Custom,
+            session: SessionConfig::default(),
+        }
+    }
+
+    fn set_ice(mut self, ice: IceServers) -> Self {
+        if let TransportChoice::Matchbox(config) = &mut self.transport {
+            config.ice_servers = ice;
+        }
+        self
+    }
+
+    /// Uses these STUN/TURN servers.
+    pub fn with_ice_servers(self, servers: matchbox_socket::RtcIceServerConfig) -> Self {
+        self.set_ice(IceServers::Custom(servers))
+    }
+
+    /// Opts in to matchbox's default public STUN servers.
+    pub fn with_public_stun(self) -> Self {
+        self.set_ice(IceServers::PublicStun)
+    }
+
+    /// Uses no ICE servers (host candidates only: one machine or a LAN).
+    pub fn without_ice_servers(self) -> Self {
+        self.set_ice(IceServers::None)
+    }
+
+    /// How to retry when the room is lost (WebRTC only; the default retries for ever
+    /// with backoff from 250 ms to 8 s).
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        if let TransportChoice::Matchbox(config) = &mut self.transport {
+            config.reconnect = policy;
+        }
+        self
+    }
+
+    /// Limits on what peers may send.
+    pub fn with_limits(mut self, limits: WireLimits) -> Self {
+        self.session.limits = limits;
+        self
+    }
+
+    /// Session settings (limits, ping interval).
+    pub fn with_session_config(mut self, config: SessionConfig) -> Self {
+        self.session = config;
+        self
+    }
+
+    /// Checks the configuration without building: the same checks `build` makes.
+    pub fn try_validate(&self) -> Result<(), PeerSyncError> {
+        match &self.transport {
+            TransportChoice::Matchbox(config) => config.resolved_ice_servers().map(|_| ()),
+            TransportChoice::Memory(_) | TransportChoice::Custom => Ok(()),
+        }
+    }
+}
+
+impl Plugin for PeerSyncPlugin {
+    /// # Panics
+    /// If the configuration is invalid (see [`PeerSyncPlugin::try_validate`]): a room
+    /// url that is not `ws://`/`wss://`, or a remote room with no ICE choice.
+    fn build(&self, app: &mut App) {
+        if let Err(error) = self.try_validate() {
+            panic!("PeerSyncPlugin: {error}");
+        }
+        app.init_resource::<SyncRegistry>()
+            .insert_resource(self.session.clone());
+        crate::schedule::plugin(app);
+        crate::net::plugin(app);
+        match &self.transport {
+            TransportChoice::Matchbox(config) => {
+                app.add_plugins(MatchboxTransportPlugin {
+                    config: config.clone(),
+                });
+            }
+            TransportChoice::Memory(network) => {
+                app.add_plugins(MemoryTransportPlugin {
+                    network: network.clone(),
+                });
+            }
+            TransportChoice::Custom => {
+                app.init_resource::<TransportIo>();
+            }
+        }
+        crate::net::connection::plugin(app);
+        crate::doc::plugin(app);
+        crate::durable::plugin(app);
+        crate::durable::presence_hooks(app);
+        crate::transient::plugin(app);
+        crate::presence::plugin(app);
+        crate::diagnostics::plugin(app);
+    }
+}
