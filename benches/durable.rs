@@ -153,7 +153,7 @@ fn ours_late_join(end: &str) -> (Duration, usize) {
         frames += 1;
         room.app(b)
             .world()
-            .resource::<bevy_peer_sync::durable::NetEntities>()
+            .resource::<bevy_peer_sync::entity::NetEntities>()
             .len()
             == 1_000
             && room

@@ -15,10 +15,11 @@ mod raw_matchbox;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_peer_sync::durable::NetEntities;
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::net::signaling::start_signaling_server;
 use bevy_peer_sync::net::wire::HEADER_SIZE;
 use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::registry::Framing;
 use bevy_peer_sync::testing::TestRoom;
 use bevy_peer_sync::transient::pack;
 use bevy_peer_sync::transient::transform_codec::{
@@ -57,7 +58,7 @@ fn wire_bytes(values: Vec<Vec<u8>>, measure: bevy_peer_sync::transient::Measure)
             )
         })
         .collect();
-    pack(1_000_000, me, entries, &[Some(measure)])
+    pack(1_000_000, me, entries, &[Framing::Measured(measure)])
         .iter()
         .map(|d| d.len() + HEADER_SIZE)
         .sum()

@@ -24,7 +24,7 @@ use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use bevy::window::{PrimaryWindow, WindowPosition, WindowResolution};
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
 use bevy_peer_sync::diagnostics::overlay::{OverlayVisible, PeerSyncOverlayPlugin};
-use bevy_peer_sync::durable::NetEntities;
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::undo::{Redo, Undo, UndoPlugin};
 use bevy_peer_sync::yrs::Text;

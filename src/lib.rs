@@ -119,6 +119,7 @@
 pub mod diagnostics;
 pub mod doc;
 pub mod durable;
+pub mod entity;
 pub mod error;
 pub mod net;
 pub mod persistence;
@@ -146,9 +147,9 @@ pub mod prelude {
     pub use crate::diagnostics::RoomDiagnostics;
     pub use crate::doc::{SharedDoc, SharedDocChanged};
     pub use crate::durable::{
-        ClaimOwnership, NetId, Owner, OwnershipRequested, Replicated, RequestOwnership, SyncAppExt,
-        TransferOwnership,
+        ClaimOwnership, OwnershipRequested, RequestOwnership, TransferOwnership,
     };
+    pub use crate::entity::{NetEntities, NetId, Owner, Replicated};
     pub use crate::net::connection::{
         Connection, ConnectionState, ConnectionStateChanged, SetOnline,
     };
@@ -160,8 +161,8 @@ pub mod prelude {
     pub use crate::net::stats::{DropReason, PeerStats};
     pub use crate::net::transport::{Channel, TransportIo};
     pub use crate::presence::{Away, LocalPresence, PeerCursor, PeerPresence, PresenceConfig};
-    pub use crate::registry::Route;
+    pub use crate::registry::{Route, SyncAppExt, SyncRegistry};
     pub use crate::transient::smoothing::{Smooth, SmoothAppExt, SmoothingConfig};
     pub use crate::transient::transform_codec::TransformEncoding;
-    pub use crate::transient::{CommitTransient, TransientConfig};
+    pub use crate::transient::{CommitTransient, TransientAppExt, TransientConfig};
 }

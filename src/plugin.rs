@@ -1,6 +1,12 @@
-//! [`PeerSyncPlugin`]: the plugin and its builder.
+//! [`PeerSyncPlugin`]: the plugin, its builder, and the registration of synced types
+//! ([`SyncAppExt`] for `App`), which hands each type to its route.
 
+use std::borrow::Cow;
+
+use bevy::ecs::component::Mutable;
 use bevy::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::PeerSyncError;
 use crate::net::connection::ReconnectPolicy;
@@ -9,7 +15,7 @@ use crate::net::transport::TransportIo;
 use crate::net::transport::matchbox::{IceServers, MatchboxConfig, MatchboxTransportPlugin};
 use crate::net::transport::memory::{MemoryNetwork, MemoryTransportPlugin};
 use crate::net::wire::WireLimits;
-use crate::registry::SyncRegistry;
+use crate::registry::{Route, SyncAppExt, SyncOptions, SyncRegistry, default_name};
 
 #[derive(Debug, Clone)]
 enum TransportChoice {
@@ -136,9 +142,24 @@ impl Plugin for PeerSyncPlugin {
         crate::net::connection::plugin(app);
         crate::doc::plugin(app);
         crate::durable::plugin(app);
-        crate::durable::presence_hooks(app);
         crate::transient::plugin(app);
         crate::presence::plugin(app);
         crate::diagnostics::plugin(app);
+    }
+}
+
+impl SyncAppExt for App {
+    fn sync_component<T>(&mut self, options: impl Into<SyncOptions>) -> &mut Self
+    where
+        T: Component<Mutability = Mutable> + Serialize + DeserializeOwned + Clone + PartialEq,
+    {
+        let SyncOptions { route, name } = options.into();
+        let name = name.map_or_else(default_name::<T>, Cow::into_owned);
+        match route {
+            Route::Durable => crate::durable::register::<T>(self, name),
+            Route::Transient => crate::transient::register_serde::<T>(self, name),
+            Route::Presence => crate::presence::register::<T>(self, name),
+        }
+        self
     }
 }

@@ -54,6 +54,7 @@ use std::any::TypeId;
 use std::time::Duration;
 
 use bevy::platform::collections::HashMap;
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
@@ -63,7 +64,7 @@ use crate::net::session::{Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::net::wire::{Message, read_varint, write_varint};
-use crate::registry::{Route, SyncRegistry};
+use crate::registry::{InsertFn, RemoveFn, Route, SyncRegistry, TypeFns};
 use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// Presence timing.
@@ -179,18 +180,6 @@ struct Heard {
     removed: bool,
 }
 
-struct ExtraType {
-    type_id: TypeId,
-    insert: fn(&mut EntityWorldMut, &[u8]) -> Result<(), String>,
-    remove: fn(&mut EntityWorldMut),
-}
-
-/// Registered presence types, in registration order (their wire index).
-#[derive(Resource, Default)]
-struct PresenceTypes {
-    types: Vec<ExtraType>,
-}
-
 #[derive(Resource, Debug, Default)]
 struct PresenceSender {
     clock: u32,
@@ -206,7 +195,6 @@ const BYE: u8 = 2;
 pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<PresenceConfig>()
         .init_resource::<LocalPresence>()
-        .init_resource::<PresenceTypes>()
         .init_resource::<PresenceSender>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
@@ -215,29 +203,26 @@ pub(crate) fn plugin(app: &mut App) {
         .add_stage_systems(PeerSyncSystems::Collect, send_presence);
 }
 
-/// Registers `T` as presence state. Called by `sync_component::<T>(Route::Presence)`.
-pub(crate) fn register<T>(app: &mut App)
+/// Registers `T` as presence state under `name`. Called by
+/// `sync_component::<T>(Route::Presence)`.
+pub(crate) fn register<T>(app: &mut App, name: String)
 where
     T: Component + Serialize + DeserializeOwned,
 {
-    let name = std::any::type_name::<T>();
-    app.world_mut()
-        .get_resource_or_init::<SyncRegistry>()
-        .register(name, Route::Presence);
-    app.world_mut()
-        .get_resource_or_init::<PresenceTypes>()
-        .types
-        .push(ExtraType {
-            type_id: TypeId::of::<T>(),
-            insert: |entity, bytes| {
+    let fns = TypeFns {
+        presence: Some((
+            |entity, bytes| {
                 let value: T = crate::net::wire::codec::decode(bytes)?;
                 entity.insert(value);
                 Ok(())
             },
-            remove: |entity| {
+            |entity| {
                 entity.remove::<T>();
             },
-        });
+        )),
+        ..TypeFns::EMPTY
+    };
+    crate::registry::register::<T>(app, name, Route::Presence, fns);
 }
 
 /// Encodes a cursor update.
@@ -256,7 +241,7 @@ pub fn encode_cursor(clock: u32, cursor: Option<Vec2>) -> Vec<u8> {
     out
 }
 
-fn encode_state(presence: &LocalPresence, types: &PresenceTypes) -> Vec<u8> {
+fn encode_state(presence: &LocalPresence, registry: &SyncRegistry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.push(STATE);
     let mut name = presence.name.as_str();
@@ -270,15 +255,13 @@ fn encode_state(presence: &LocalPresence, types: &PresenceTypes) -> Vec<u8> {
     write_varint(&mut out, name.len() as u64);
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(&presence.color.to_srgba().to_u8_array());
-    let extras: Vec<(usize, &Vec<u8>)> = types
-        .types
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| presence.extras.get(&t.type_id).map(|b| (i, b)))
+    let extras: Vec<(u16, &Vec<u8>)> = registry
+        .presence_types()
+        .filter_map(|(index, type_id, _)| presence.extras.get(&type_id).map(|b| (index, b)))
         .collect();
     write_varint(&mut out, extras.len() as u64);
     for (index, bytes) in extras {
-        write_varint(&mut out, index as u64);
+        write_varint(&mut out, u64::from(index));
         write_varint(&mut out, bytes.len() as u64);
         out.extend_from_slice(bytes);
     }
@@ -295,12 +278,13 @@ enum Decoded {
     State {
         name: String,
         color: [u8; 4],
-        extras: Vec<(usize, Vec<u8>)>,
+        extras: Vec<(u16, Vec<u8>)>,
     },
     Bye,
 }
 
-fn decode(body: &[u8], known_types: usize) -> Result<Decoded, DropReason> {
+/// Decodes a presence body; `known` are the wire indices of the presence types.
+fn decode(body: &[u8], known: &[u16]) -> Result<Decoded, DropReason> {
     let mut at = 1;
     let malformed = DropReason::Malformed;
     let decoded = match body.first() {
@@ -342,13 +326,14 @@ fn decode(body: &[u8], known_types: usize) -> Result<Decoded, DropReason> {
                 .expect("4 bytes");
             at += 4;
             let count = read_varint(body, &mut at).ok_or(malformed)? as usize;
-            if count > known_types {
+            if count > known.len() {
                 return Err(DropReason::Unknown);
             }
             let mut extras = Vec::with_capacity(count);
             for _ in 0..count {
-                let index = read_varint(body, &mut at).ok_or(malformed)? as usize;
-                if index >= known_types || extras.iter().any(|(i, _)| *i == index) {
+                let index = read_varint(body, &mut at).ok_or(malformed)?;
+                let index = u16::try_from(index).map_err(|_| DropReason::Unknown)?;
+                if !known.contains(&index) || extras.iter().any(|(i, _)| *i == index) {
                     return Err(DropReason::Unknown);
                 }
                 let len = read_varint(body, &mut at).ok_or(malformed)? as usize;
@@ -374,17 +359,28 @@ fn decode(body: &[u8], known_types: usize) -> Result<Decoded, DropReason> {
     Ok(decoded)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What [`send_presence`] publishes from, and when.
+#[derive(SystemParam)]
+struct Publishing<'w> {
+    time: Res<'w, Time<Real>>,
+    config: Res<'w, PresenceConfig>,
+    presence: Res<'w, LocalPresence>,
+    registry: Res<'w, SyncRegistry>,
+}
+
 fn send_presence(
-    time: Res<Time<Real>>,
-    config: Res<PresenceConfig>,
-    presence: Res<LocalPresence>,
-    types: Res<PresenceTypes>,
+    publishing: Publishing,
     mut sender: ResMut<PresenceSender>,
     mut joined: MessageReader<PeerJoined>,
     mut exits: MessageReader<AppExit>,
     mut outbox: ResMut<Outbox>,
 ) {
+    let Publishing {
+        time,
+        config,
+        presence,
+        registry,
+    } = publishing;
     if exits.read().next().is_some() {
         outbox.push(
             Recipients::All,
@@ -422,7 +418,7 @@ fn send_presence(
         outbox.push(
             to,
             Channel::Reliable,
-            Message::Presence(encode_state(&presence, &types).into()),
+            Message::Presence(encode_state(&presence, &registry).into()),
         );
     }
     if let Some(to) = cursor_to {
@@ -444,7 +440,12 @@ fn receive_presence(world: &mut World) {
         return;
     }
     let now = world.resource::<Time<Real>>().elapsed();
-    world.resource_scope(|world, types: Mut<PresenceTypes>| {
+    world.resource_scope(|world, registry: Mut<SyncRegistry>| {
+        let types: Vec<(u16, InsertFn, RemoveFn)> = registry
+            .presence_types()
+            .map(|(index, _, (insert, remove))| (index, insert, remove))
+            .collect();
+        let known: Vec<u16> = types.iter().map(|(index, _, _)| *index).collect();
         for (peer, _channel, body) in messages {
             let Some(entity) = world.resource::<Peers>().entity(peer) else {
                 continue;
@@ -461,7 +462,7 @@ fn receive_presence(world: &mut World) {
                     stats.count_drop(reason);
                 }
             };
-            let decoded = match decode(&body, types.types.len()) {
+            let decoded = match decode(&body, &known) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     drop(&mut entity, reason);
@@ -473,7 +474,7 @@ fn receive_presence(world: &mut World) {
             match decoded {
                 Decoded::Bye => {
                     debug!("peer `{peer}` said goodbye");
-                    remove_presence(&mut entity, &types);
+                    remove_presence(&mut entity, &registry);
                     heard.removed = true;
                     entity.insert(heard);
                     continue;
@@ -503,17 +504,15 @@ fn receive_presence(world: &mut World) {
                     if entity.get::<PeerPresence>() != Some(&presence) {
                         entity.insert(presence);
                     }
-                    let mut present = vec![false; types.types.len()];
-                    for (index, bytes) in extras {
-                        present[index] = true;
-                        if let Err(error) = (types.types[index].insert)(&mut entity, &bytes) {
-                            debug!("dropped a presence value from peer `{peer}`: {error}");
-                            drop(&mut entity, DropReason::Malformed);
-                        }
-                    }
-                    for (index, ty) in types.types.iter().enumerate() {
-                        if !present[index] {
-                            (ty.remove)(&mut entity);
+                    for &(index, insert, remove) in &types {
+                        match extras.iter().find(|(i, _)| *i == index) {
+                            Some((_, bytes)) => {
+                                if let Err(error) = insert(&mut entity, bytes) {
+                                    debug!("dropped a presence value from peer `{peer}`: {error}");
+                                    drop(&mut entity, DropReason::Malformed);
+                                }
+                            }
+                            None => remove(&mut entity),
                         }
                     }
                     heard.removed = false;
@@ -527,10 +526,10 @@ fn receive_presence(world: &mut World) {
     });
 }
 
-fn remove_presence(entity: &mut EntityWorldMut, types: &PresenceTypes) {
+fn remove_presence(entity: &mut EntityWorldMut, registry: &SyncRegistry) {
     entity.remove::<(PeerPresence, PeerCursor, Away)>();
-    for ty in &types.types {
-        (ty.remove)(entity);
+    for (_, _, (_, remove)) in registry.presence_types() {
+        remove(entity);
     }
 }
 
@@ -558,9 +557,9 @@ fn expire_presence(world: &mut World) {
     if gone.is_empty() {
         return;
     }
-    world.resource_scope(|world, types: Mut<PresenceTypes>| {
+    world.resource_scope(|world, registry: Mut<SyncRegistry>| {
         for entity in gone {
-            remove_presence(&mut world.entity_mut(entity), &types);
+            remove_presence(&mut world.entity_mut(entity), &registry);
         }
     });
 }
@@ -589,7 +588,7 @@ mod tests {
     fn round_trips_and_refuses_garbage() {
         let cursor = encode_cursor(300, Some(Vec2::new(1.5, -2.0)));
         assert_eq!(
-            decode(&cursor, 0),
+            decode(&cursor, &[]),
             Ok(Decoded::Cursor {
                 clock: 300,
                 cursor: Some(Vec2::new(1.5, -2.0))
@@ -600,32 +599,33 @@ mod tests {
             ..default()
         };
         presence.extras.insert(TypeId::of::<Away>(), vec![7, 8]);
-        let types = PresenceTypes {
-            types: vec![ExtraType {
-                type_id: TypeId::of::<Away>(),
-                insert: |_, _| Ok(()),
-                remove: |_| {},
-            }],
+        let mut registry = SyncRegistry::default();
+        registry.register::<u8>("other".into(), Route::Durable, TypeFns::EMPTY);
+        let fns = TypeFns {
+            presence: Some((|_, _| Ok(()), |_| {})),
+            ..TypeFns::EMPTY
         };
-        let state = encode_state(&presence, &types);
+        registry.register::<Away>("away".into(), Route::Presence, fns);
+        let state = encode_state(&presence, &registry);
         assert_eq!(
-            decode(&state, 1),
+            decode(&state, &[1]),
             Ok(Decoded::State {
                 name: "ada".into(),
                 color: [255; 4],
-                extras: vec![(0, vec![7, 8])]
+                extras: vec![(1, vec![7, 8])]
             })
         );
-        assert_eq!(decode(&state, 0), Err(DropReason::Unknown));
+        assert_eq!(decode(&state, &[]), Err(DropReason::Unknown));
+        assert_eq!(decode(&state, &[0]), Err(DropReason::Unknown));
         for body in [&cursor, &state] {
             for cut in 0..body.len() {
-                assert!(decode(&body[..cut], 1).is_err(), "cut at {cut}");
+                assert!(decode(&body[..cut], &[1]).is_err(), "cut at {cut}");
             }
             let mut long = body.clone();
             long.push(0);
-            assert!(decode(&long, 1).is_err());
+            assert!(decode(&long, &[1]).is_err());
         }
         let nan = encode_cursor(1, Some(Vec2::new(f32::NAN, 0.0)));
-        assert_eq!(decode(&nan, 0), Err(DropReason::Malformed));
+        assert_eq!(decode(&nan, &[]), Err(DropReason::Malformed));
     }
 }

@@ -29,7 +29,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::net::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Bytes of header in front of every body.
 pub const HEADER_SIZE: usize = 2;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bevy::ecs::component::Mutable;
 use bevy::prelude::*;
 
-use crate::durable::{NetId, Owner};
+use crate::entity::{NetId, Owner};
 use crate::net::peer::{LocalPeer, PeerId};
 use crate::schedule::{PeerSyncSystems, StageAppExt};
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
-use bevy_peer_sync::durable::{EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::durable::{EntityDocConfig, OwnerLeftPolicy};
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
 use bevy_peer_sync::yrs::Text;

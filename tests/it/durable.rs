@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bevy::prelude::*;
-use bevy_peer_sync::durable::{EntityDoc, EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::durable::{EntityDoc, EntityDocConfig, OwnerLeftPolicy};
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
@@ -209,7 +210,7 @@ fn forged_writes_to_an_entity_the_sender_does_not_own_are_refused_whole() {
         let Some(Out::YMap(components)) = target.get(&txn, "components") else {
             panic!("components map")
         };
-        let Some(Out::YMap(card_map)) = components.get(&txn, std::any::type_name::<Card>()) else {
+        let Some(Out::YMap(card_map)) = components.get(&txn, "Card") else {
             panic!("card map")
         };
         card_map.insert(&mut txn, "x", Any::from(666_i64));

@@ -8,7 +8,6 @@ use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::net::wire::{self, Frame, Hello, Message, PROTOCOL_VERSION};
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::registry::{Route, SyncRegistry};
 use bevy_peer_sync::testing::TestRoom;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -259,18 +258,25 @@ fn reliable_channel_delivers_everything_in_order_under_loss() {
     );
 }
 
+#[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq)]
+struct Position(f32);
+
+#[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq)]
+struct Score(u32);
+
+#[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq)]
+struct Health(u32);
+
 #[test]
 fn mismatched_schemas_are_rejected_with_both_sides_named() {
     let mut room = TestRoom::new(3);
     let a = room.add_peer(|app| {
-        let mut registry = app.world_mut().resource_mut::<SyncRegistry>();
-        registry.register("game::Position", Route::Transient);
-        registry.register("game::Score", Route::Durable);
+        app.sync_component::<Position>(Route::Transient.named("game::Position"))
+            .sync_component::<Score>(Route::Durable.named("game::Score"));
     });
     let b = room.add_peer(|app| {
-        let mut registry = app.world_mut().resource_mut::<SyncRegistry>();
-        registry.register("game::Position", Route::Transient);
-        registry.register("game::Health", Route::Durable);
+        app.sync_component::<Position>(Route::Transient.named("game::Position"))
+            .sync_component::<Health>(Route::Durable.named("game::Health"));
     });
     let mut rejected = Vec::new();
     for _ in 0..5 {

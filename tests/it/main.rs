@@ -7,6 +7,7 @@ mod support;
 mod connection;
 mod durable;
 mod foundation;
+mod names;
 mod persistence;
 mod presence;
 mod traces;

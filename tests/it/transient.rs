@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
-use bevy_peer_sync::durable::{EntityDocConfig, NetEntities, OwnerLeftPolicy};
+use bevy_peer_sync::durable::{EntityDocConfig, OwnerLeftPolicy};
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::net::wire::{self, Message};
@@ -134,13 +135,16 @@ fn values_stay_real_and_ordered_under_loss_and_reach_the_final_one() {
     }
 }
 
+/// `Cursor`'s wire index: `Label` is registered before it (see `setup`).
+const CURSOR_INDEX: u8 = 1;
+
 /// Builds a transient datagram naming entity `id` (created by `creator`) with a
-/// `Cursor` (transient type 0).
+/// `Cursor`.
 fn forged(tick: u64, id: NetId, step: u32) -> Bytes {
     use bevy_peer_sync::net::wire::write_varint as varint;
     let mut body = Vec::new();
     varint(&mut body, tick);
-    body.extend([0, 1]);
+    body.extend([CURSOR_INDEX, 1]);
     varint(&mut body, (id.counter << 1) | 1);
     varint(&mut body, id.creator.0);
     let mut value = Vec::new();

@@ -7,7 +7,7 @@ use crate::support::webrtc as support;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_peer_sync::durable::NetId;
+use bevy_peer_sync::entity::NetId;
 use bevy_peer_sync::prelude::*;
 use bytes::Bytes;
 use support::{connected, update_all, webrtc_room};
@@ -79,7 +79,7 @@ struct Tag(u32);
 
 #[test]
 fn two_hundred_moving_entities_arrive_over_webrtc() {
-    use bevy_peer_sync::durable::NetEntities;
+    use bevy_peer_sync::entity::NetEntities;
 
     let (_server, mut apps, _) = webrtc_room("transient_test", 2, |app| {
         app.sync_component::<Tag>(Route::Durable)

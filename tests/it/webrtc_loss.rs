@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
-use bevy_peer_sync::durable::NetEntities;
+use bevy_peer_sync::entity::NetEntities;
 use bevy_peer_sync::prelude::*;
 use serde::{Deserialize, Serialize};
 use support::{connected, webrtc_room};
