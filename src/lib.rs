@@ -140,6 +140,27 @@ pub use yrs;
 pub use crate::plugin::PeerSyncPlugin;
 pub use crate::schedule::PeerSyncSystems;
 
+/// Not part of the API: what benches and hostile tests reach below it (raw
+/// transactions, the wire format, the transient packer). It may change in any release.
+#[doc(hidden)]
+pub mod internals {
+    use crate::doc::SharedDoc;
+    use crate::durable::EntityDoc;
+
+    /// A raw write transaction on the entity document: skips the ECS and the
+    /// ownership rules on this peer, as a hostile peer would. Other peers judge what
+    /// it sends like any live update.
+    pub fn entity_doc_transact_mut(doc: &EntityDoc) -> yrs::TransactionMut<'_> {
+        doc.synced_doc().transact_mut()
+    }
+
+    /// Drops this frame's local edits of the room document before they leave, as if
+    /// lost on the way. Returns whether there were any.
+    pub fn drop_local_update(doc: &SharedDoc) -> bool {
+        doc.synced().take_local_update().is_some()
+    }
+}
+
 /// What most apps need.
 pub mod prelude {
     pub use crate::PeerSyncPlugin;

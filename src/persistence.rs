@@ -302,14 +302,17 @@ fn load_save(world: &mut World) {
         }
     };
     if let Some(update) = save.shared
-        && let Err(error) = world.resource::<SharedDoc>().apply_remote(vec![update])
+        && let Err(error) = world
+            .resource::<SharedDoc>()
+            .synced()
+            .apply_remote(vec![update])
     {
         error!("the saved shared document did not apply: {error}");
     }
     world.insert_resource(LocalPeer::with_replica(save.replica));
     match save.entities {
         Some(update) if world.contains_resource::<EntityDoc>() => {
-            world.insert_resource(EntityDoc::restored(update));
+            crate::durable::restore(world, update);
         }
         Some(_) => warn!(
             "the save at `{name}` holds entities, but this app registers no durable component; they stay in the file"

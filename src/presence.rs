@@ -53,8 +53,8 @@
 use std::any::TypeId;
 use std::time::Duration;
 
-use bevy::platform::collections::HashMap;
 use bevy::ecs::system::SystemParam;
+use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};

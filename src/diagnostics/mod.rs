@@ -105,7 +105,7 @@ pub struct RoomDiagnostics {
     /// Refused datagrams and changes, total, with out-of-order document updates
     /// given up for want of their history ([`SyncedDoc::given_up_updates`]).
     ///
-    /// [`SyncedDoc::given_up_updates`]: crate::doc::SyncedDoc::given_up_updates
+    /// [`SyncedDoc::given_up_updates`]: crate::doc::SharedDoc::given_up_updates
     pub dropped: u64,
     /// Encoded document size, bytes, once measured.
     pub doc_bytes: Option<usize>,

@@ -10,7 +10,7 @@ use yrs::{Doc, MapRef, Options, Update};
 
 use super::authority::{Shadow, Touched, observe_touches};
 use super::fields::ENTITIES;
-use crate::doc::SyncedDoc;
+use crate::doc::{DocLimits, SyncedDoc};
 use crate::entity::NetId;
 use crate::net::peer::{PeerId, ReplicaId};
 
@@ -27,17 +27,12 @@ pub(super) struct HeldUpdate {
 /// The document behind the durable route, with its ownership check.
 #[derive(Resource)]
 pub struct EntityDoc {
-    pub(super) synced: SyncedDoc,
+    pub(super) synced: Arc<SyncedDoc>,
     pub(super) shadow: Shadow,
     /// A catch-up was applied untracked: re-read every entity.
     pub(super) everything_dirty: bool,
     pub(super) main_touched: Arc<Mutex<Touched>>,
     pub(super) held: VecDeque<HeldUpdate>,
-    /// Live updates from peers (decoded, and their bytes for the shadow), applied
-    /// once allowed.
-    pub(super) live: Vec<(PeerId, Update, Vec<u8>)>,
-    /// Y-sync catch-up from peers, decoded as it is applied.
-    pub(super) catch_up: Vec<(PeerId, Vec<u8>)>,
     /// A saved state of this document, applied before any catch-up.
     pub(super) saved: Vec<Update>,
     /// Entities seen deleted from the document: edits racing their despawn are harmless.
@@ -56,21 +51,6 @@ impl fmt::Debug for EntityDoc {
             .field("held", &self.held.len())
             .field("refused", &self.refused)
             .finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for EntityDoc {
-    type Target = SyncedDoc;
-
-    fn deref(&self) -> &SyncedDoc {
-        &self.synced
-    }
-}
-
-/// For its settings ([`SyncedDoc::limits`], [`SyncedDoc::piece_size`]).
-impl std::ops::DerefMut for EntityDoc {
-    fn deref_mut(&mut self) -> &mut SyncedDoc {
-        &mut self.synced
     }
 }
 
@@ -95,13 +75,11 @@ impl EntityDoc {
         });
         let main_touched = observe_touches(&doc);
         Self {
-            synced: SyncedDoc::new(doc),
+            synced: Arc::new(SyncedDoc::new(doc)),
             shadow: Shadow::new(),
             everything_dirty: false,
             main_touched,
             held: VecDeque::new(),
-            live: Vec::new(),
-            catch_up: Vec::new(),
             saved: Vec::new(),
             tombstones: HashSet::new(),
             hidden: HashMap::new(),
@@ -113,20 +91,71 @@ impl EntityDoc {
         self.synced.doc().get_or_insert_map(ENTITIES)
     }
 
-    /// Queues a live update from a peer, checked for ownership before it is applied.
-    pub(crate) fn queue_live(&mut self, from: PeerId, update: Update, bytes: Vec<u8>) {
-        self.live.push((from, update, bytes));
-    }
-
-    /// Queues y-sync catch-up from a peer, still encoded.
-    pub(crate) fn queue_catch_up(&mut self, from: PeerId, bytes: Vec<u8>) {
-        self.catch_up.push((from, bytes));
-    }
-
     /// Queues a saved state of this document (see [`crate::persistence`]): applied
     /// like a y-sync catch-up, unchecked (it is this peer's own past state).
     pub(crate) fn queue_saved(&mut self, update: Update) {
         self.saved.push(update);
+    }
+
+    /// The yrs document itself (read it; write through the ECS, which checks ownership).
+    pub fn doc(&self) -> &Doc {
+        self.synced.doc()
+    }
+
+    /// The state vector (what this document has seen, per client).
+    pub fn state_vector(&self) -> yrs::StateVector {
+        self.synced.state_vector()
+    }
+
+    /// The whole integrated document as one update (for saving, or a late joiner).
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.synced.encode_state()
+    }
+
+    /// How many updates (local transactions and remote updates) went through this
+    /// document so far.
+    pub fn update_count(&self) -> u64 {
+        self.synced.update_count()
+    }
+
+    /// How many remote updates wait for an earlier part of their client's history.
+    pub fn waiting_updates(&self) -> usize {
+        self.synced.waiting_updates()
+    }
+
+    /// Out-of-order updates given up after [`MAX_ASKS`](crate::doc::MAX_ASKS) asks.
+    pub fn given_up_updates(&self) -> u64 {
+        self.synced.given_up_updates()
+    }
+
+    /// Live updates holding for their ownership or history.
+    pub fn held_updates(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Limits on what peers send for this document.
+    pub fn limits(&self) -> DocLimits {
+        self.synced.limits()
+    }
+
+    /// Sets the limits on what peers send for this document.
+    pub fn set_limits(&mut self, limits: DocLimits) {
+        self.synced.set_limits(limits);
+    }
+
+    /// Catch-up at least twice this many bytes is sent in pieces of about this size
+    /// (default 16 KiB less headers; `usize::MAX` sends it whole).
+    pub fn set_piece_size(&mut self, size: usize) {
+        self.synced.set_piece_size(size);
+    }
+
+    pub(crate) fn synced_doc(&self) -> &SyncedDoc {
+        &self.synced
+    }
+
+    /// The engine's side of this document.
+    pub(super) fn synced(&self) -> &Arc<SyncedDoc> {
+        &self.synced
     }
 
     /// Rebuilds the shadow from this document (after a refused update, or a catch-up).

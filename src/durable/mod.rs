@@ -52,6 +52,7 @@ mod ownership;
 mod receive;
 mod send;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bevy::ecs::component::Mutable;
@@ -63,6 +64,7 @@ use yrs::{MapRef, Transaction};
 pub use entity_doc::EntityDoc;
 pub use ownership::{ClaimOwnership, OwnershipRequested, RequestOwnership, TransferOwnership};
 
+use crate::doc::{DocId, HostedDocs};
 use crate::entity::{DocWrites, NetEntities};
 use crate::net::peer::LocalPeer;
 use crate::registry::{Decoded, DocFns, Route, TypeFns};
@@ -106,7 +108,11 @@ pub(crate) fn plugin(app: &mut App) {
         .world_mut()
         .get_resource_or_init::<LocalPeer>()
         .replica();
-    app.insert_resource(EntityDoc::new(replica))
+    let doc = EntityDoc::new(replica);
+    app.world_mut()
+        .get_resource_or_init::<HostedDocs>()
+        .host(DocId::Entities, Arc::clone(doc.synced()));
+    app.insert_resource(doc)
         .init_resource::<EntityDocConfig>()
         .init_resource::<NetEntities>()
         .init_resource::<DocWrites>()
@@ -135,6 +141,16 @@ pub(crate) fn plugin(app: &mut App) {
                     .in_set(Step::FlushDoc),
             ),
         );
+}
+
+/// Replaces the entity document with one restored from a saved state (see
+/// [`EntityDoc::restored`]), synced in its place.
+pub(crate) fn restore(world: &mut World, state: yrs::Update) {
+    let doc = EntityDoc::restored(state);
+    world
+        .resource_mut::<HostedDocs>()
+        .host(DocId::Entities, Arc::clone(doc.synced()));
+    world.insert_resource(doc);
 }
 
 /// Registers `T` as a durable component under `name`. Called by

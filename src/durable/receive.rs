@@ -12,6 +12,7 @@ use super::authority::{TOUCH_OBSERVER, attach_touch_observer};
 use super::entity_doc::{EntityDoc, HeldUpdate};
 use super::materialise::{Dirty, materialise};
 use super::{EntityDocConfig, OwnerLeftPolicy};
+use crate::doc::decode_update;
 use crate::entity::{NetId, Owner};
 use crate::net::peer::{
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId,
@@ -31,8 +32,9 @@ pub(super) fn apply_remote_entities(world: &mut World) {
     let mut refused: Vec<(PeerId, DropReason)> = Vec::new();
     {
         let mut doc = world.resource_mut::<EntityDoc>();
-        hold_live(&mut doc, &replica_of, now, &mut refused);
-        apply_catch_up(&mut doc, &mut refused);
+        let (live, catch_up) = take_incoming(&doc, &mut refused);
+        hold_live(&mut doc, live, &replica_of, now, &mut refused);
+        apply_catch_up(&mut doc, catch_up, &mut refused);
         judge_held(&mut doc, &config, now, &mut refused);
     }
     count_refusals(world, refused);
@@ -56,14 +58,38 @@ fn room_view(
     (present, replica_of)
 }
 
+/// A live update: decoded on arrival, with its bytes for the shadow.
+type Live = (PeerId, Update, Vec<u8>);
+
+/// This frame's updates from peers: live ones decoded now (they may wait for their
+/// ownership, decoded), catch-up still encoded (decoded as it is applied).
+fn take_incoming(
+    doc: &EntityDoc,
+    refused: &mut Vec<(PeerId, DropReason)>,
+) -> (Vec<Live>, Vec<(PeerId, Vec<u8>)>) {
+    let limits = doc.limits();
+    let (mut live, mut catch_up) = (Vec::new(), Vec::new());
+    for remote in doc.synced().take_incoming() {
+        if remote.catch_up {
+            catch_up.push((remote.from, remote.bytes));
+            continue;
+        }
+        match decode_update(&remote.bytes, &limits) {
+            Ok(update) => live.push((remote.from, update, remote.bytes)),
+            Err(reason) => refused.push((remote.from, reason)),
+        }
+    }
+    (live, catch_up)
+}
+
 /// Queues this frame's live updates behind those already held.
 fn hold_live(
     doc: &mut EntityDoc,
+    live: Vec<Live>,
     replica_of: &HashMap<PeerId, ReplicaId>,
     now: Duration,
     refused: &mut Vec<(PeerId, DropReason)>,
 ) {
-    let live = std::mem::take(&mut doc.live);
     for (from, update, bytes) in live {
         // A peer may have at most `MAX_HELD_PER_PEER` updates waiting; past that
         // (a flood of writes it may not make) the rest are refused at once.
@@ -86,9 +112,12 @@ fn hold_live(
 /// [route docs](super#ownership)), in one transaction, without per-change tracking:
 /// everything is re-read. One that brings nothing new (the usual answer of a peer
 /// that was already in step) is skipped: no re-read of the world for it.
-fn apply_catch_up(doc: &mut EntityDoc, refused: &mut Vec<(PeerId, DropReason)>) {
+fn apply_catch_up(
+    doc: &mut EntityDoc,
+    catch_up: Vec<(PeerId, Vec<u8>)>,
+    refused: &mut Vec<(PeerId, DropReason)>,
+) {
     let saved: Vec<_> = doc.saved.drain(..).map(|u| (PeerId(0), u)).collect();
-    let catch_up = std::mem::take(&mut doc.catch_up);
     if saved.is_empty() && catch_up.is_empty() {
         return;
     }

@@ -146,7 +146,7 @@ pub(super) fn flush_staged(
     }
     let root = doc.root();
     let mut tombstones = Vec::new();
-    let mut txn = doc.transact_mut();
+    let mut txn = doc.synced.transact_mut();
     for (id, index, value) in staged.values.drain(..) {
         let key = id.to_string();
         let entity_map = entity_map(&root, &mut txn, &key, me);
@@ -193,7 +193,7 @@ pub(super) fn flush_staged(
 
 /// Sends this frame's local entity edits and keeps the shadow in step.
 pub(super) fn send_entity_updates(doc: Res<EntityDoc>, mut outbox: ResMut<Outbox>) {
-    if let Some(update) = doc.take_local_update() {
+    if let Some(update) = doc.synced.take_local_update() {
         if !doc.shadow.stale {
             doc.shadow.apply(&update);
         }

@@ -202,7 +202,7 @@ fn forged_writes_to_an_entity_the_sender_does_not_own_are_refused_whole() {
     {
         let doc = room.app(1).world().resource::<EntityDoc>();
         let root = doc.doc().get_or_insert_map("entities");
-        let mut txn = doc.transact_mut();
+        let mut txn = bevy_peer_sync::internals::entity_doc_transact_mut(doc);
         let Some(Out::YMap(target)) = root.get(&txn, &id) else {
             panic!("entity is in the document")
         };
@@ -361,8 +361,8 @@ fn convergence_run(seed: u64) {
     for _ in 0..peers {
         let peer = room.add_peer(orphan_setup);
         let world = room.app_mut(peer).world_mut();
-        world.resource_mut::<EntityDoc>().piece_size = piece_size;
-        world.resource_mut::<SharedDoc>().piece_size = piece_size;
+        world.resource_mut::<EntityDoc>().set_piece_size(piece_size);
+        world.resource_mut::<SharedDoc>().set_piece_size(piece_size);
     }
     assert!(
         room.step_until(120, TestRoom::fully_connected),
@@ -535,7 +535,10 @@ fn an_update_past_a_lost_one_waits_and_the_hole_is_filled_by_sync() {
         let doc = room.app(a).world().resource::<SharedDoc>();
         doc.map("settings")
             .insert(&mut doc.transact_mut(), "lost", 1);
-        assert!(doc.take_local_update().is_some(), "the edit never leaves");
+        assert!(
+            bevy_peer_sync::internals::drop_local_update(doc),
+            "the edit never leaves"
+        );
         doc.map("settings")
             .insert(&mut doc.transact_mut(), "sent", 2);
     }

@@ -1,0 +1,592 @@
+//! [`SyncedDoc`]: one yrs document kept in sync with the room: local updates collected
+//! per frame, remote ones waiting for their history where they would leave a hole,
+//! catch-up decoded on this thread while another integrates it.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bevy::prelude::*;
+use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update};
+
+use super::{
+    DocLimits, MAX_ASKS, MAX_WAITING, REMOTE_ORIGIN, SYNC_RETRY, decode_update, leaves_hole, pieces,
+};
+use crate::net::peer::PeerId;
+use crate::net::stats::DropReason;
+
+/// A y-sync step 2 or update from a peer, still encoded, for the document's host.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    /// The sender.
+    pub(crate) from: PeerId,
+    /// Catch-up (a y-sync step 2) rather than a live update.
+    pub(crate) catch_up: bool,
+    /// The update.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// A yrs document kept in sync with the room: local updates collected per frame,
+/// remote ones applied per frame.
+pub(crate) struct SyncedDoc {
+    doc: Doc,
+    local_updates: Arc<Mutex<Vec<Vec<u8>>>>,
+    updates: AtomicU64,
+    /// Remote updates that arrived before an earlier part of their client's history,
+    /// each with the number of times the room was asked for it since.
+    waiting: Mutex<Vec<(Update, u32)>>,
+    /// Waiting updates given up after [`MAX_ASKS`] asks.
+    given_up: AtomicU64,
+    /// A live update was held for a hole (outside `waiting`) since the room was last
+    /// asked to fill it.
+    gap_seen: AtomicBool,
+    /// When the room was last asked (y-sync step 1) for what this peer misses.
+    last_asked: Mutex<Option<Duration>>,
+    /// Remote updates routed here this frame, for the host to take.
+    incoming: Mutex<Vec<Remote>>,
+    /// [`DocLimits::max_update_size`]: the largest update accepted from a peer.
+    max_update_size: AtomicUsize,
+    /// Catch-up updates (a late joiner's whole state, the answer to a y-sync step 1)
+    /// at least twice this many bytes are sent in pieces of about this size, which the
+    /// receiver decodes while it applies the one before (see [`pieces`]). Default
+    /// [`pieces::PIECE_SIZE`]; `usize::MAX` sends them whole.
+    piece_size: AtomicUsize,
+}
+
+impl std::fmt::Debug for SyncedDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncedDoc")
+            .field("client_id", &self.doc.client_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncedDoc {
+    /// Wraps `doc`, collecting every local transaction's update.
+    pub(crate) fn new(doc: Doc) -> Self {
+        let local_updates = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&local_updates);
+        // Encode only local transactions: `observe_update_v1` would encode every
+        // transaction, remote catch-ups of the whole document included, and then we
+        // would throw those away.
+        doc.observe_transaction_cleanup("bevy_peer_sync", move |txn, _| {
+            let remote = txn
+                .origin()
+                .is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
+            let changed = !txn.delete_set().is_empty() || txn.after_state() != txn.before_state();
+            if !remote && changed {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(txn.encode_update_v1());
+            }
+        })
+        .expect("a new document has no transaction open");
+        Self {
+            doc,
+            local_updates,
+            updates: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+            given_up: AtomicU64::new(0),
+            gap_seen: AtomicBool::new(false),
+            last_asked: Mutex::new(None),
+            incoming: Mutex::new(Vec::new()),
+            max_update_size: AtomicUsize::new(DocLimits::default().max_update_size),
+            piece_size: AtomicUsize::new(pieces::PIECE_SIZE),
+        }
+    }
+
+    /// Limits on what peers send for this document.
+    pub(crate) fn limits(&self) -> DocLimits {
+        DocLimits {
+            max_update_size: self.max_update_size.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn set_limits(&self, limits: DocLimits) {
+        self.max_update_size
+            .store(limits.max_update_size, Ordering::Relaxed);
+    }
+
+    /// The size catch-up is cut into (see [`pieces`]).
+    pub(crate) fn piece_size(&self) -> usize {
+        self.piece_size.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_piece_size(&self, size: usize) {
+        self.piece_size.store(size, Ordering::Relaxed);
+    }
+
+    /// Routes a peer's update here, for the host to take this frame.
+    pub(crate) fn push_incoming(&self, remote: Remote) {
+        self.incoming
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(remote);
+    }
+
+    /// Takes the updates routed here since the last call.
+    pub(crate) fn take_incoming(&self) -> Vec<Remote> {
+        std::mem::take(&mut *self.incoming.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The document.
+    pub(crate) fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// A local read-write transaction. Its changes go out at the end of the frame.
+    pub(crate) fn transact_mut(&self) -> TransactionMut<'_> {
+        self.doc.transact_mut()
+    }
+
+    /// The state vector (what this document has seen, per client).
+    pub(crate) fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    /// The whole integrated document as one update (for saving, or a late joiner).
+    ///
+    /// Updates still waiting for their dependencies are left out: they are not state
+    /// yet, their authors send them again on the next sync. (Encoding them in, as
+    /// `encode_state_as_update_v1` does, was seen to upset yrs' later integration of
+    /// the same pending updates.)
+    pub(crate) fn encode_state(&self) -> Vec<u8> {
+        self.doc.transact().encode_diff_v1(&StateVector::default())
+    }
+
+    /// Takes this frame's local updates, merged into one.
+    pub(crate) fn take_local_update(&self) -> Option<Vec<u8>> {
+        let mut pending = std::mem::take(
+            &mut *self
+                .local_updates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.updates
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        match pending.len() {
+            0 => None,
+            1 => pending.pop(),
+            _ => match yrs::merge_updates_v1(&pending) {
+                Ok(merged) => Some(merged),
+                Err(error) => {
+                    // Cannot happen for updates yrs itself produced; send them one by one.
+                    error!("could not merge local updates, sending them apart: {error}");
+                    let merged = pending.pop();
+                    *self
+                        .local_updates
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = pending;
+                    merged
+                }
+            },
+        }
+    }
+
+    /// Applies remote updates in one transaction. Each was decoded already.
+    ///
+    /// An update that would leave a hole in a client's history waits (see the
+    /// [module docs](self)) and is applied here, in a later call, once the hole is
+    /// filled, and the plugin asks the room for the missing part.
+    pub(crate) fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
+        self.apply_in_turn(&mut updates.into_iter()).map(|_| ())
+    }
+
+    /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile);
+    /// returns how many were applied.
+    fn apply_in_turn(&self, updates: &mut dyn Iterator<Item = Update>) -> Result<u64, String> {
+        // Waiting updates can only become ready once new remote history arrives: with
+        // none, nothing to retry (this runs every frame).
+        let mut updates = updates.peekable();
+        if updates.peek().is_none() {
+            return Ok(0);
+        }
+        let mut waiting =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut applied = 0u64;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+            for update in updates {
+                if leaves_hole(&update, &txn.state_vector()) {
+                    waiting.push((update, 0));
+                    continue;
+                }
+                applied += 1;
+                txn.apply_update(update).map_err(|e| e.to_string())?;
+                // What waited for it may follow now, in the order it came.
+                while !waiting.is_empty() {
+                    let known = txn.state_vector();
+                    let Some(ready) = waiting.iter().position(|(u, _)| !leaves_hole(u, &known))
+                    else {
+                        break;
+                    };
+                    let (update, _) = waiting.remove(ready);
+                    applied += 1;
+                    txn.apply_update(update).map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(())
+        }));
+        self.updates.fetch_add(applied, Ordering::Relaxed);
+        if waiting.len() > MAX_WAITING {
+            waiting.drain(..waiting.len() - MAX_WAITING);
+        }
+        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
+        result
+            .unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
+            .map(|()| applied)
+    }
+
+    /// How many remote updates wait for an earlier part of their client's history.
+    pub(crate) fn waiting_updates(&self) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Notes that an update from a peer would have left a hole (checked by the
+    /// caller before applying it), so the room is asked for the missing part.
+    pub(crate) fn note_gap(&self) {
+        self.gap_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `update` would leave a hole in this document (see [`leaves_hole`]).
+    pub(crate) fn would_leave_hole(&self, update: &Update) -> bool {
+        leaves_hole(update, &self.state_vector())
+    }
+
+    /// Whether to ask the room now (y-sync step 1) for the missing part of a client's
+    /// history: updates wait for it, and the room was not asked in the last
+    /// [`SYNC_RETRY`]. `now` is real time.
+    pub(crate) fn wants_sync(&self, now: Duration) -> bool {
+        let mut last = self
+            .last_asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_sub(at) < SYNC_RETRY) {
+            return false;
+        }
+        // Count this ask against every waiting update; give up those asked for enough.
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = waiting.len();
+        waiting.retain_mut(|(_, asks)| {
+            *asks += 1;
+            *asks <= MAX_ASKS
+        });
+        let given_up = before - waiting.len();
+        if given_up > 0 {
+            self.given_up.fetch_add(given_up as u64, Ordering::Relaxed);
+            debug!(
+                "gave up `{given_up}` updates still missing their history after `{MAX_ASKS}` asks; y-sync brings them when their holder is back"
+            );
+        }
+        let gap = self.gap_seen.load(Ordering::Relaxed) || !waiting.is_empty();
+        if !gap {
+            return false;
+        }
+        *last = Some(now);
+        self.gap_seen.store(false, Ordering::Relaxed);
+        true
+    }
+
+    /// Out-of-order updates given up after [`MAX_ASKS`] asks of the room (their
+    /// history never came: it is not in the room, or they were made up).
+    pub(crate) fn given_up_updates(&self) -> u64 {
+        self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// How many updates (local transactions and remote updates) went through this
+    /// document so far.
+    pub(crate) fn update_count(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+
+    /// The diff a peer with state vector `remote` is missing, in pieces of about
+    /// [`SyncedDoc::piece_size`] bytes, each
+    /// an update of its own, to apply in order (see [`pieces`]).
+    pub(crate) fn diff_pieces_for(&self, remote: &StateVector) -> Vec<Vec<u8>> {
+        let (diff, ends) = {
+            let txn = self.doc.transact();
+            (txn.encode_diff_v1(remote), txn.state_vector())
+        };
+        match pieces::split(&diff, self.piece_size(), &ends) {
+            Some(pieces) => pieces,
+            None => vec![diff],
+        }
+    }
+
+    /// Decodes remote updates (refusing bad ones, see [`decode_update`]) and applies
+    /// those `keep` accepts, in one transaction, after the already decoded `decoded`.
+    ///
+    /// A large batch is applied on another thread while this one decodes the next
+    /// update: a late joiner's catch-up, sent in [`pieces`], is integrated about as
+    /// soon as yrs has integrated it, instead of after yrs decoded all of it first.
+    /// Returns how many updates were applied; refused ones are pushed on `refused`
+    /// with the reason.
+    pub(crate) fn apply_encoded(
+        &self,
+        decoded: Vec<(PeerId, Update)>,
+        encoded: Vec<(PeerId, Vec<u8>)>,
+        mut keep: impl FnMut(PeerId, &Update) -> bool + Send,
+        refused: &mut Vec<(PeerId, DropReason)>,
+    ) -> Result<u64, String> {
+        let bytes: usize = encoded.iter().map(|(_, b)| b.len()).sum();
+        let worth_a_thread = encoded.len() > 1 && bytes >= PIPELINE_MIN_BYTES;
+        let limits = self.limits();
+        decoded_in_turn(
+            encoded,
+            worth_a_thread,
+            |(from, bytes)| (from, decode_update(&bytes, &limits)),
+            |incoming| {
+                let decoded = decoded.into_iter().map(|(from, u)| (from, Ok(u)));
+                let mut updates =
+                    decoded
+                        .chain(incoming)
+                        .filter_map(|(from, update)| match update {
+                            Ok(update) => keep(from, &update).then_some(update),
+                            Err(reason) => {
+                                refused.push((from, reason));
+                                None
+                            }
+                        });
+                self.apply_in_turn(&mut updates)
+            },
+        )
+    }
+}
+
+/// Bytes of updates in one batch from which applying them on another thread while
+/// this one decodes pays for starting it (about 50 µs).
+pub(super) const PIPELINE_MIN_BYTES: usize = 64 * 1024;
+
+/// Hands `items`, each through `decode`, to `apply` in order. When `worth_a_thread`
+/// (and the machine has a second core), `apply` runs on a scoped thread and works on
+/// the last item while this one decodes the next.
+///
+/// Decoding stays here: it allocates every block, and this thread's allocator is warm
+/// (a new thread's starts cold: decoding there took about 1.5 times as long). A
+/// thread of its own rather than Bevy's task pool, as `apply` blocks waiting for the
+/// decoder, so the two must surely run at once, which the pool does not promise.
+fn decoded_in_turn<T, R: Send, O: Send>(
+    items: Vec<T>,
+    worth_a_thread: bool,
+    decode: impl Fn(T) -> R,
+    apply: impl FnOnce(&mut dyn Iterator<Item = R>) -> O + Send,
+) -> O {
+    #[cfg(not(target_arch = "wasm32"))]
+    if worth_a_thread && second_core() {
+        // Taken back if the thread cannot start.
+        let apply = Mutex::new(Some(apply));
+        let took = |apply: &Mutex<Option<_>>| {
+            apply
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .expect("`apply` is taken once, by the thread or after it failed to start")
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let mut items = items.into_iter();
+        let result = std::thread::scope(|scope| {
+            let applier = std::thread::Builder::new()
+                .name("bevy_peer_sync apply".into())
+                .spawn_scoped(scope, {
+                    let apply = &apply;
+                    move || took(apply)(&mut receiver.into_iter())
+                });
+            let Ok(applier) = applier else {
+                return None;
+            };
+            for item in items.by_ref() {
+                if sender.send(decode(item)).is_err() {
+                    break;
+                }
+            }
+            drop(sender);
+            Some(
+                applier
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        // No thread to be had: apply here.
+        return result.unwrap_or_else(|| took(&apply)(&mut items.map(decode)));
+    }
+    let _ = worth_a_thread;
+    apply(&mut items.into_iter().map(decode))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn second_core() -> bool {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)) > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, Map, MapPrelim, Options, Text};
+
+    fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Update {
+        let before = doc.transact().state_vector();
+        edit(&mut doc.transact_mut());
+        Update::decode_v1(&doc.transact().encode_diff_v1(&before)).unwrap()
+    }
+
+    /// A large catch-up in pieces is decoded here and applied on the other thread: a
+    /// malformed piece among them is refused and counted alone, pieces that come in
+    /// the wrong order wait for the ones before, and the document ends whole.
+    #[test]
+    fn pieces_are_applied_as_they_are_decoded() {
+        let author = Doc::new();
+        let map = author.get_or_insert_map("m");
+        {
+            let mut txn = author.transact_mut();
+            for n in 0..5_000 {
+                map.insert(&mut txn, format!("key {n}"), format!("value {n}"));
+            }
+        }
+        let (whole, ends) = {
+            let txn = author.transact();
+            (
+                txn.encode_diff_v1(&StateVector::default()),
+                txn.state_vector(),
+            )
+        };
+        let pieces = pieces::split(&whole, 4 * 1024, &ends).expect("cut");
+        assert!(whole.len() >= PIPELINE_MIN_BYTES && pieces.len() > 10);
+        let peer = PeerId(7);
+        let expected = author.transact().encode_diff_v1(&StateVector::default());
+
+        // In order, with garbage in the middle: all but the garbage go in.
+        let mut batch: Vec<_> = pieces.iter().map(|p| (peer, p.clone())).collect();
+        batch.insert(3, (peer, vec![1, 1, 250, 3]));
+        let reader = SyncedDoc::new(Doc::new());
+        let mut refused = Vec::new();
+        let applied = reader.apply_encoded(Vec::new(), batch, |_, _| true, &mut refused);
+        assert_eq!(applied, Ok(pieces.len() as u64));
+        assert_eq!(refused, vec![(peer, DropReason::Malformed)]);
+        assert_eq!(reader.encode_state(), expected);
+
+        // Backwards: each waits for the one before, until the first comes.
+        let backwards: Vec<_> = pieces.iter().rev().map(|p| (peer, p.clone())).collect();
+        let reader = SyncedDoc::new(Doc::new());
+        let applied = reader.apply_encoded(Vec::new(), backwards, |_, _| true, &mut refused);
+        assert_eq!(applied, Ok(pieces.len() as u64));
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.encode_state(), expected);
+
+        // What `keep` turns down is not applied, and what waits on it waits on.
+        let reader = SyncedDoc::new(Doc::new());
+        let batch: Vec<_> = pieces.iter().map(|p| (peer, p.clone())).collect();
+        let mut seen = 0;
+        let keep = |_, _: &Update| {
+            seen += 1;
+            seen != 2
+        };
+        let applied = reader.apply_encoded(Vec::new(), batch, keep, &mut refused);
+        assert_eq!(applied, Ok(1));
+        assert_eq!(reader.waiting_updates(), pieces.len() - 2);
+    }
+
+    /// An update that skips part of its client's history waits for it; the full
+    /// state, whose garbage-collected range spans the hole, then applies cleanly.
+    /// (Handed to yrs as they come, the out-of-order update leaves a "skip" in the
+    /// block store and the full state makes yrs panic in `BlockStore::push`.)
+    #[test]
+    fn out_of_order_updates_wait_for_the_hole() {
+        let author = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(7),
+            ..Options::default()
+        });
+        let root = author.get_or_insert_map("m");
+        let u0 = update_of(&author, |txn| {
+            root.insert(txn, "a", MapPrelim::default());
+        });
+        let inner = || match root.get(&author.transact(), "a") {
+            Some(yrs::Out::YMap(map)) => map,
+            _ => unreachable!(),
+        };
+        let (first, second) = (inner(), inner());
+        let _u1 = update_of(&author, |txn| {
+            first.insert(txn, "x", 1);
+        });
+        let u2 = update_of(&author, |txn| {
+            second.insert(txn, "y", 2);
+        });
+        // Deleting the map garbage-collects x and y into one range.
+        root.remove(&mut author.transact_mut(), "a");
+        let full =
+            Update::decode_v1(&author.transact().encode_diff_v1(&StateVector::default())).unwrap();
+
+        let reader = SyncedDoc::new(Doc::new());
+        reader.apply_remote(vec![u0]).unwrap();
+        reader.apply_remote(vec![u2]).unwrap();
+        assert_eq!(reader.waiting_updates(), 1, "u2 must wait for u1");
+        assert!(reader.wants_sync(Duration::ZERO));
+        assert!(
+            !reader.wants_sync(Duration::from_millis(10)),
+            "rate limited"
+        );
+        reader.apply_remote(vec![full]).unwrap();
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.state_vector(), author.transact().state_vector());
+        let reader_root = reader.doc().get_or_insert_map("m");
+        assert_eq!(reader_root.len(&reader.doc().transact()), 0);
+    }
+
+    /// An update whose history never comes (it is not in the room, or the update was
+    /// made up) is given up after [`MAX_ASKS`] asks, and then the room is not asked
+    /// again for it.
+    #[test]
+    fn an_update_whose_history_never_comes_is_given_up() {
+        let author = Doc::new();
+        let text = author.get_or_insert_text("t");
+        let _u0 = update_of(&author, |txn| text.insert(txn, 0, "a"));
+        let u1 = update_of(&author, |txn| text.insert(txn, 1, "b"));
+        let reader = SyncedDoc::new(Doc::new());
+        reader.apply_remote(vec![u1]).unwrap();
+        assert_eq!(reader.waiting_updates(), 1);
+        let mut asks = 0;
+        for n in 0..100u64 {
+            if reader.wants_sync(SYNC_RETRY * n as u32) {
+                asks += 1;
+            }
+        }
+        assert_eq!(asks, MAX_ASKS);
+        assert_eq!(reader.waiting_updates(), 0);
+        assert_eq!(reader.given_up_updates(), 1);
+        assert_eq!(
+            reader
+                .doc()
+                .get_or_insert_text("t")
+                .get_string(&reader.doc().transact()),
+            ""
+        );
+    }
+
+    #[test]
+    fn holes_are_found_per_client() {
+        let mut known = StateVector::default();
+        known.set_max(yrs::block::ClientID::new(1), 3);
+        let doc = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(1),
+            ..Options::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        let whole = update_of(&doc, |txn| text.insert(txn, 0, "abcdef"));
+        assert!(!leaves_hole(&whole, &known), "overlaps what is known");
+        let doc = Doc::with_options(Options {
+            client_id: yrs::block::ClientID::new(1),
+            ..Options::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        let _ = update_of(&doc, |txn| text.insert(txn, 0, "abcd"));
+        let tail = update_of(&doc, |txn| text.insert(txn, 4, "ef"));
+        assert!(leaves_hole(&tail, &known), "starts at 4, known up to 3");
+        known.set_max(yrs::block::ClientID::new(1), 4);
+        assert!(!leaves_hole(&tail, &known));
+    }
+}
