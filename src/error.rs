@@ -1,10 +1,10 @@
-//! Errors of this crate: one enum for configuration and runtime failures, and the
-//! typed reasons a packet from a peer was refused.
+//! Errors of this crate: [`PeerSyncError`] for configuration and runtime failures,
+//! and the wire's typed reasons a datagram was refused ([`DecodeError`]) or could not
+//! be sent ([`EncodeError`]).
 
 use thiserror::Error;
 
-use crate::net::transport::Channel;
-use crate::net::wire::Kind;
+pub use crate::net::wire::{DecodeError, EncodeError};
 
 /// What went wrong, and what to do about it.
 #[derive(Debug, Error)]
@@ -47,73 +47,4 @@ pub enum PeerSyncError {
         /// Why it was refused.
         reason: String,
     },
-}
-
-/// Why an outgoing message could not be encoded.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EncodeError {
-    /// The body codec failed.
-    #[error("message body could not be encoded: {0}")]
-    Body(String),
-    /// The message is larger than its channel can carry.
-    #[error("message of `{size}` bytes is over the `{limit}`-byte limit of its channel")]
-    TooLarge {
-        /// Encoded size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-}
-
-/// Why an incoming datagram was refused. Decoding returns this instead of panicking,
-/// whatever the bytes.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Shorter than its header.
-    #[error("datagram of `{len}` bytes is shorter than its header")]
-    Truncated {
-        /// Length received.
-        len: usize,
-    },
-    /// Over a size limit.
-    #[error("datagram of `{size}` bytes is over the `{limit}`-byte limit")]
-    Oversized {
-        /// Size received or claimed.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Another protocol version.
-    #[error(
-        "protocol version `{got}`, this build speaks `{}`",
-        crate::net::wire::PROTOCOL_VERSION
-    )]
-    Version {
-        /// The version byte received.
-        got: u8,
-    },
-    /// A kind byte this version does not know.
-    #[error("unknown message kind `{0}`")]
-    UnknownKind(u8),
-    /// A kind sent on a channel it does not belong to.
-    #[error("message kind `{kind:?}` is not allowed on the {channel:?} channel")]
-    WrongChannel {
-        /// The kind.
-        kind: Kind,
-        /// The channel it came on.
-        channel: Channel,
-    },
-    /// The body did not decode.
-    #[error("malformed `{kind:?}` body: {reason}")]
-    Body {
-        /// The kind.
-        kind: Kind,
-        /// What the decoder said.
-        reason: String,
-    },
-    /// Fragments that do not form a message.
-    #[error("bad fragment: {0}")]
-    Fragment(&'static str),
 }

@@ -9,7 +9,7 @@ use yrs::sync::SyncMessage;
 
 use super::{HostedDocs, Remote, decode_sync, step1, step2};
 use crate::net::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
-use crate::net::session::{FreshDocs, Inbound, Inbox, Outbox, Recipients};
+use crate::net::session::{FreshJoin, Inbound, Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::Channel;
 use crate::net::wire::Message;
@@ -48,7 +48,7 @@ fn send_state_vectors(
     mut joined: MessageReader<PeerJoined>,
     hosted: Res<HostedDocs>,
     links: Query<&Inbound>,
-    fresh: Res<FreshDocs>,
+    fresh: Res<FreshJoin>,
     mut held: ResMut<HeldStep1>,
     time: Res<Time<Real>>,
     mut outbox: ResMut<Outbox>,
@@ -83,7 +83,7 @@ fn send_state_vectors(
 /// Notes when this peer's documents stop being empty (see `Hello::fresh`).
 ///
 fn note_fresh_docs(
-    mut fresh: ResMut<FreshDocs>,
+    mut fresh: ResMut<FreshJoin>,
     hosted: Res<HostedDocs>,
     mut left: MessageReader<PeerLeft>,
     mut rejected: MessageReader<PeerRejected>,
@@ -121,7 +121,7 @@ struct HeldStep1(Vec<(PeerId, Duration)>);
 /// [`HELD_STEP1_WAIT`] passed); by now it is applied, so their answers hold only
 /// what that state lacked.
 fn send_held_step1(
-    fresh: Res<FreshDocs>,
+    fresh: Res<FreshJoin>,
     mut held: ResMut<HeldStep1>,
     peers: Res<Peers>,
     hosted: Res<HostedDocs>,
@@ -163,7 +163,7 @@ fn ask_for_missing_history(
 pub(super) fn receive_doc_messages(
     mut inbox: ResMut<Inbox>,
     hosted: Res<HostedDocs>,
-    mut fresh: ResMut<FreshDocs>,
+    mut fresh: ResMut<FreshJoin>,
     peers: Res<Peers>,
     mut stats: Query<&mut PeerStats>,
     mut outbox: ResMut<Outbox>,
@@ -245,7 +245,7 @@ mod tests {
             room.step_n(3);
             let c = room.add_peer(|_| {});
             room.step(); // c's links open and its hellos leave
-            let asked = room.app(c).world().resource::<FreshDocs>().asked;
+            let asked = room.app(c).world().resource::<FreshJoin>().asked;
             let asked = asked.expect("a fresh joiner asks one peer");
             let c_id = room.peer_id(c).unwrap();
             if leaves {

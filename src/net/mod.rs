@@ -21,7 +21,7 @@ pub(crate) fn plugin(app: &mut App) {
     app.init_resource::<peer::LocalPeer>()
         .init_resource::<peer::Peers>()
         .init_resource::<session::SessionState>()
-        .init_resource::<session::FreshDocs>()
+        .init_resource::<session::FreshJoin>()
         .init_resource::<session::Outbox>()
         .init_resource::<session::Inbox>()
         .add_message::<peer::PeerJoined>()

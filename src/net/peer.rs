@@ -67,7 +67,7 @@ pub struct PeerReplica(pub ReplicaId);
 
 /// A remote peer. Lives on the peer's entity.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
-#[require(PeerLink, crate::net::stats::PeerStats)]
+#[require(PeerLink)]
 pub struct Peer {
     /// The peer's id.
     pub id: PeerId,

@@ -3,7 +3,6 @@
 
 use bevy::prelude::*;
 
-use crate::error::DecodeError;
 use crate::net::transport::Channel;
 
 /// Why a datagram (or a change inside one) from a peer was dropped.
@@ -52,19 +51,6 @@ impl DropReason {
         Self::OverBudget,
         Self::Unknown,
     ];
-}
-
-impl From<&DecodeError> for DropReason {
-    fn from(error: &DecodeError) -> Self {
-        match error {
-            DecodeError::Truncated { .. } | DecodeError::Body { .. } => Self::Malformed,
-            DecodeError::Oversized { .. } => Self::Oversized,
-            DecodeError::Version { .. } => Self::WrongVersion,
-            DecodeError::UnknownKind(_) => Self::UnknownKind,
-            DecodeError::WrongChannel { .. } => Self::WrongChannel,
-            DecodeError::Fragment(_) => Self::BadFragment,
-        }
-    }
 }
 
 /// Counters for one channel of one peer.

@@ -25,7 +25,9 @@ pub(crate) mod codec;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DecodeError, EncodeError};
+use thiserror::Error;
+
+use crate::net::stats::DropReason;
 use crate::net::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
@@ -201,6 +203,88 @@ pub enum Frame {
     Message(Message),
     /// A piece to feed to a [`Reassembler`].
     Fragment(Fragment),
+}
+
+/// Why an outgoing message could not be encoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The body codec failed.
+    #[error("message body could not be encoded: {0}")]
+    Body(String),
+    /// The message is larger than its channel can carry.
+    #[error("message of `{size}` bytes is over the `{limit}`-byte limit of its channel")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Why an incoming datagram was refused. Decoding returns this instead of panicking,
+/// whatever the bytes.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Shorter than its header.
+    #[error("datagram of `{len}` bytes is shorter than its header")]
+    Truncated {
+        /// Length received.
+        len: usize,
+    },
+    /// Over a size limit.
+    #[error("datagram of `{size}` bytes is over the `{limit}`-byte limit")]
+    Oversized {
+        /// Size received or claimed.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Another protocol version.
+    #[error(
+        "protocol version `{got}`, this build speaks `{}`",
+        crate::net::wire::PROTOCOL_VERSION
+    )]
+    Version {
+        /// The version byte received.
+        got: u8,
+    },
+    /// A kind byte this version does not know.
+    #[error("unknown message kind `{0}`")]
+    UnknownKind(u8),
+    /// A kind sent on a channel it does not belong to.
+    #[error("message kind `{kind:?}` is not allowed on the {channel:?} channel")]
+    WrongChannel {
+        /// The kind.
+        kind: Kind,
+        /// The channel it came on.
+        channel: Channel,
+    },
+    /// The body did not decode.
+    #[error("malformed `{kind:?}` body: {reason}")]
+    Body {
+        /// The kind.
+        kind: Kind,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// Fragments that do not form a message.
+    #[error("bad fragment: {0}")]
+    Fragment(&'static str),
+}
+
+impl From<&DecodeError> for DropReason {
+    fn from(error: &DecodeError) -> Self {
+        match error {
+            DecodeError::Truncated { .. } | DecodeError::Body { .. } => Self::Malformed,
+            DecodeError::Oversized { .. } => Self::Oversized,
+            DecodeError::Version { .. } => Self::WrongVersion,
+            DecodeError::UnknownKind(_) => Self::UnknownKind,
+            DecodeError::WrongChannel { .. } => Self::WrongChannel,
+            DecodeError::Fragment(_) => Self::BadFragment,
+        }
+    }
 }
 
 /// Encodes one message into a datagram (which may still need [`fragment`]ing).
