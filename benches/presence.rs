@@ -14,10 +14,10 @@
 use std::time::Instant;
 
 use bevy::prelude::*;
+use bevy_peer_sync::internals::encode_cursor;
+use bevy_peer_sync::internals::wire::{self, Message};
 use bevy_peer_sync::net::transport::Channel;
-use bevy_peer_sync::net::wire::{self, Message};
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::presence::encode_cursor;
 use bevy_peer_sync::testing::TestRoom;
 use yrs::sync::Awareness;
 use yrs::updates::encoder::Encode;

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy_peer_sync::entity::NetEntities;
+use bevy_peer_sync::internals::Framing;
+use bevy_peer_sync::internals::pack;
+use bevy_peer_sync::internals::wire::HEADER_SIZE;
 use bevy_peer_sync::net::signaling::start_signaling_server;
-use bevy_peer_sync::net::wire::HEADER_SIZE;
 use bevy_peer_sync::prelude::*;
-use bevy_peer_sync::registry::Framing;
 use bevy_peer_sync::testing::TestRoom;
-use bevy_peer_sync::transient::pack;
 use bevy_peer_sync::transient::transform_codec::{
     encode_lossless, encode_quantized, measure_lossless, measure_quantized,
 };

@@ -11,7 +11,7 @@
 //!
 //! Peers meet through a matchbox signaling server (run `cargo run --bin
 //! peer-sync-signal`, or start one in-process with
-//! [`signaling::start_signaling_server`]) and then talk directly in a full mesh.
+//! [`net::signaling::start_signaling_server`]) and then talk directly in a full mesh.
 //!
 //! ```no_run
 //! use bevy::prelude::*;
@@ -35,7 +35,7 @@
 //! ## Testing without a network
 //!
 //! Everything above the transport runs unchanged over an in-process
-//! [`transport::memory::MemoryNetwork`] with a seeded link conditioner;
+//! [`net::transport::memory::MemoryNetwork`] with a seeded link conditioner;
 //! [`testing::TestRoom`] steps several `App`s frame by frame:
 //!
 //! ```
@@ -131,10 +131,6 @@ pub mod testing;
 pub mod transient;
 pub mod undo;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use net::signaling;
-pub use net::{connection, peer, session, stats, transport, wire};
-
 pub use yrs;
 
 pub use crate::plugin::PeerSyncPlugin;
@@ -153,6 +149,15 @@ pub mod internals {
     pub fn entity_doc_transact_mut(doc: &EntityDoc) -> yrs::TransactionMut<'_> {
         doc.synced_doc().transact_mut()
     }
+
+    /// The wire format: datagrams, fragments, varints.
+    pub mod wire {
+        pub use crate::net::wire::*;
+    }
+
+    pub use crate::presence::encode_cursor;
+    pub use crate::registry::Framing;
+    pub use crate::transient::pack::{Entry, pack, unpack};
 
     /// Drops this frame's local edits of the room document before they leave, as if
     /// lost on the way. Returns whether there were any.

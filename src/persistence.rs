@@ -38,11 +38,10 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use yrs::Update;
-use yrs::updates::decoder::Decode;
 
 use crate::doc::{DocLimits, SharedDoc, decode_update};
 use crate::durable::EntityDoc;
-use crate::error::PeerSyncError;
+use crate::error::{PeerSyncError, SaveError};
 use crate::net::peer::{LocalPeer, ReplicaId};
 use crate::schedule::PeerSyncSystems;
 
@@ -197,23 +196,23 @@ pub struct DecodedSave {
 
 /// Checks and decodes a save. Any damage (wrong magic or format, bad checksum,
 /// truncation, an update yrs cannot decode or apply) refuses the whole save.
-pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, String> {
+pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
     if bytes.len() < MAGIC.len() + 1 + 8 + 1 + 4 {
-        return Err(format!("`{}` bytes is too short to be a save", bytes.len()));
+        return Err(SaveError::TooShort { len: bytes.len() });
     }
     if &bytes[..4] != MAGIC {
-        return Err("not a bevy_peer_sync save (wrong magic bytes)".into());
+        return Err(SaveError::NotASave);
     }
     if bytes[4] != FORMAT {
-        return Err(format!(
-            "save format `{}` is not the supported `{FORMAT}`",
-            bytes[4]
-        ));
+        return Err(SaveError::Format {
+            found: bytes[4],
+            supported: FORMAT,
+        });
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     if crc32fast::hash(body) != crc {
-        return Err("checksum mismatch: the save is truncated or damaged".into());
+        return Err(SaveError::Checksum);
     }
     let replica = ReplicaId(u64::from_le_bytes(body[5..13].try_into().expect("8 bytes")));
     let count = body[13];
@@ -227,41 +226,37 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, String> {
         max_update_size: u32::MAX as usize,
     };
     for _ in 0..count {
-        let header = body.get(at..at + 5).ok_or("a section header is cut off")?;
+        let header = body.get(at..at + 5).ok_or(SaveError::Truncated)?;
         let id = header[0];
         let len = u32::from_le_bytes(header[1..].try_into().expect("4 bytes")) as usize;
         at += 5;
-        let section = body
-            .get(at..at + len)
-            .ok_or("a section is shorter than its length")?;
+        let section = body.get(at..at + len).ok_or(SaveError::Truncated)?;
         at += len;
         // Decode, then apply to a scratch document: whatever yrs refuses, it refuses
         // here, before anything touches the room's documents.
-        decode_update(section, &limits)
-            .map_err(|reason| format!("document `{id}` does not decode ({reason:?})"))?;
+        let update = decode_update(section, &limits)
+            .map_err(|reason| SaveError::Undecodable { id, reason })?;
         let scratch = yrs::Doc::new();
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             use yrs::Transact;
-            let update = Update::decode_v1(section).map_err(|e| e.to_string())?;
-            scratch
-                .transact_mut()
-                .apply_update(update)
-                .map_err(|e| e.to_string())
+            scratch.transact_mut().apply_update(update)
         }));
+        let unappliable = |reason: String| SaveError::Unappliable { id, reason };
         match applied {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(format!("document `{id}` does not apply: {error}")),
-            Err(_) => return Err(format!("document `{id}` does not apply")),
+            Ok(Err(error)) => return Err(unappliable(error.to_string())),
+            Err(_) => return Err(unappliable("yrs panicked".into())),
         }
-        let update = Update::decode_v1(section).map_err(|e| e.to_string())?;
+        let update = decode_update(section, &limits)
+            .map_err(|reason| SaveError::Undecodable { id, reason })?;
         match id {
             SHARED if save.shared.is_none() => save.shared = Some(update),
             ENTITIES if save.entities.is_none() => save.entities = Some(update),
-            _ => return Err(format!("unexpected document `{id}`")),
+            _ => return Err(SaveError::UnknownDocument(id)),
         }
     }
     if at != body.len() {
-        return Err("trailing bytes after the last document".into());
+        return Err(SaveError::TrailingBytes);
     }
     Ok(save)
 }
@@ -295,10 +290,14 @@ fn load_save(world: &mut World) {
     };
     let save = match decode_save(&bytes) {
         Ok(save) => save,
-        Err(reason) => {
+        Err(error) => {
             let aside = set_aside(&store);
-            let reason = format!("{reason}; {aside}, and the game goes on with the room's state");
-            return fail(world, PeerSyncError::Load { path: name, reason });
+            let error = PeerSyncError::DamagedSave {
+                path: name,
+                error,
+                aside,
+            };
+            return fail(world, error);
         }
     };
     if let Some(update) = save.shared

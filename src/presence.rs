@@ -226,6 +226,7 @@ where
 }
 
 /// Encodes a cursor update.
+#[doc(hidden)]
 pub fn encode_cursor(clock: u32, cursor: Option<Vec2>) -> Vec<u8> {
     let mut out = Vec::with_capacity(12);
     out.push(CURSOR);

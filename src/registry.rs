@@ -212,6 +212,7 @@ pub(crate) struct DocFns {
 }
 
 /// How a wire index's values are delimited in a transient datagram.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub enum Framing {
     /// Not a transient type: a datagram naming it is refused.
@@ -334,7 +335,7 @@ impl SyncRegistry {
     }
 
     /// Per wire index, how transient datagrams delimit its values.
-    pub fn framing(&self) -> &[Framing] {
+    pub(crate) fn framing(&self) -> &[Framing] {
         &self.framing
     }
 

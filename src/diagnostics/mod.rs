@@ -42,6 +42,7 @@ pub mod overlay;
 use std::time::Duration;
 
 use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use crate::doc::SharedDoc;
@@ -176,18 +177,23 @@ fn measure_doc_size(world: &mut World) {
     world.resource_mut::<RoomDiagnostics>().doc_bytes = Some(size);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The documents whose figures are measured.
+#[derive(SystemParam)]
+struct Documents<'w> {
+    shared: Res<'w, SharedDoc>,
+    entities: Option<Res<'w, EntityDoc>>,
+}
+
 fn measure(
     mut commands: Commands,
-    time: Res<Time<Real>>,
-    config: Res<DiagnosticsConfig>,
+    (time, config): (Res<Time<Real>>, Res<DiagnosticsConfig>),
     mut clock: ResMut<SampleClock>,
     mut room: ResMut<RoomDiagnostics>,
     mut diagnostics: Diagnostics,
-    shared: Res<SharedDoc>,
-    entities: Option<Res<EntityDoc>>,
+    documents: Documents,
     mut peers: Query<(Entity, &PeerLink, &mut PeerStats, Option<&mut LastSample>), With<Peer>>,
 ) {
+    let Documents { shared, entities } = documents;
     let now = time.elapsed();
     let Some(last) = clock.last else {
         clock.last = Some(now);

@@ -13,6 +13,7 @@
 //!     .run();
 //! ```
 
+use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, EguiPlugin, EguiPrimaryContextPass, egui};
 
@@ -68,17 +69,28 @@ type PeerRow<'a> = (
     Has<Away>,
 );
 
-#[allow(clippy::too_many_arguments)]
+/// What the overlay shows of this peer and the room.
+#[derive(SystemParam)]
+struct Here<'w> {
+    connection: Res<'w, Connection>,
+    room: Res<'w, RoomDiagnostics>,
+    local: Res<'w, LocalPeer>,
+    me: Res<'w, LocalPresence>,
+}
+
 fn draw_overlay(
     mut contexts: EguiContexts,
     visible: Res<OverlayVisible>,
     collapsed: Res<Collapsed>,
-    connection: Res<Connection>,
-    room: Res<RoomDiagnostics>,
-    local: Res<LocalPeer>,
-    me: Res<LocalPresence>,
+    here: Here,
     peers: Query<PeerRow>,
 ) -> Result {
+    let Here {
+        connection,
+        room,
+        local,
+        me,
+    } = here;
     if !visible.0 {
         return Ok(());
     }

@@ -9,7 +9,9 @@ pub mod session;
 pub mod signaling;
 pub mod stats;
 pub mod transport;
-pub mod wire;
+pub(crate) mod wire;
+
+pub use wire::{PROTOCOL_VERSION, SAFE_UNRELIABLE_SIZE, WireLimits};
 
 use bevy::prelude::*;
 

@@ -39,7 +39,7 @@
 //! exchange values: the link stays up with matchbox 0.15, so the channel stays at
 //! `max_retransmits: 0`.
 
-mod pack;
+pub(crate) mod pack;
 mod receive;
 mod send;
 pub mod smoothing;
@@ -55,7 +55,6 @@ use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 use bytes::Bytes;
 
-pub use pack::{Entry, pack, unpack};
 pub use transform_codec::TransformEncoding;
 
 use crate::entity::NetId;
@@ -130,7 +129,7 @@ impl<T> Clone for TransientCodec<T> {
 impl<T> Copy for TransientCodec<T> {}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned> TransientCodec<T> {
-    /// The serde codec (bincode, see [`crate::net::wire`]).
+    /// The serde codec (bincode, the wire's codec for serde types).
     pub fn serde() -> Self {
         Self {
             encode: |value, _, out| {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bevy::ecs::component::Mutable;
+use bevy::ecs::system::SystemParam;
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 
@@ -73,22 +74,46 @@ pub(super) fn decode_transient(
     }
 }
 
+/// Who sent a value and who owns its entity: what [`apply_transient`] judges with.
+#[derive(SystemParam)]
+pub(super) struct Senders<'w, 's> {
+    net: Res<'w, NetEntities>,
+    peers: Res<'w, Peers>,
+    owners: Query<'w, 's, &'static Owner>,
+    replicas: Query<'w, 's, &'static PeerReplica>,
+    stats: Query<'w, 's, &'static mut PeerStats>,
+}
+
+/// Where [`apply_transient`] puts values of `T`: the component, or its smoothing
+/// buffer.
+#[derive(SystemParam)]
+pub(super) struct Targets<'w, 's, T: Component<Mutability = Mutable>> {
+    commands: Commands<'w, 's>,
+    values: Query<'w, 's, &'static mut T>,
+    smoothing: Query<'w, 's, &'static mut Interpolated<T>>,
+}
+
 /// Applies this frame's values of `T`, checking order and ownership.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync + 'static>(
-    mut commands: Commands,
     mut kind: ResMut<TransientType<T>>,
     mut state: ResMut<TransientState>,
     config: Res<TransientConfig>,
     time: Res<Time<Real>>,
-    net: Res<NetEntities>,
-    peers: Res<Peers>,
-    owners: Query<&Owner>,
-    replicas: Query<&PeerReplica>,
-    mut stats: Query<&mut PeerStats>,
-    mut targets: Query<&mut T>,
-    mut smoothing: Query<&mut Interpolated<T>>,
+    senders: Senders,
+    targets: Targets<T>,
 ) {
+    let Senders {
+        net,
+        peers,
+        owners,
+        replicas,
+        mut stats,
+    } = senders;
+    let Targets {
+        mut commands,
+        values: mut targets,
+        mut smoothing,
+    } = targets;
     let now = time.elapsed();
     let index = kind.index;
     let codec = kind.codec;

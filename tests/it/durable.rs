@@ -573,8 +573,8 @@ fn an_update_past_a_lost_one_waits_and_the_hole_is_filled_by_sync() {
 
 #[test]
 fn malformed_and_oversized_document_updates_are_refused_without_harm() {
+    use bevy_peer_sync::internals::wire::{self, Message};
     use bevy_peer_sync::net::transport::Packet;
-    use bevy_peer_sync::net::wire::{self, Message};
     use bytes::Bytes;
 
     let mut room = TestRoom::new(27);

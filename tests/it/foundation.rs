@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use bevy::prelude::*;
+use bevy_peer_sync::internals::wire::{self, Frame, Hello, Message, PROTOCOL_VERSION};
 use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
-use bevy_peer_sync::net::wire::{self, Frame, Hello, Message, PROTOCOL_VERSION};
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
 use bytes::Bytes;

@@ -162,8 +162,8 @@ fn a_clean_exit_removes_presence_at_once() {
 
 #[test]
 fn garbage_presence_is_dropped_and_counted() {
+    use bevy_peer_sync::internals::wire::{self, Message};
     use bevy_peer_sync::net::transport::{Packet, TransportIo};
-    use bevy_peer_sync::net::wire::{self, Message};
 
     let mut room = TestRoom::new(53);
     room.add_peer(setup);

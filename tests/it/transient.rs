@@ -7,9 +7,9 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_peer_sync::durable::{EntityDocConfig, OwnerLeftPolicy};
 use bevy_peer_sync::entity::NetEntities;
+use bevy_peer_sync::internals::wire::{self, Message};
 use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
-use bevy_peer_sync::net::wire::{self, Message};
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
 use bytes::Bytes;
@@ -141,7 +141,7 @@ const CURSOR_INDEX: u8 = 1;
 /// Builds a transient datagram naming entity `id` (created by `creator`) with a
 /// `Cursor`.
 fn forged(tick: u64, id: NetId, step: u32) -> Bytes {
-    use bevy_peer_sync::net::wire::write_varint as varint;
+    use bevy_peer_sync::internals::wire::write_varint as varint;
     let mut body = Vec::new();
     varint(&mut body, tick);
     body.extend([CURSOR_INDEX, 1]);

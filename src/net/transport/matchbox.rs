@@ -8,7 +8,7 @@
 //! ## ICE servers
 //! matchbox defaults to public STUN servers. This crate never does that silently: a
 //! room on this machine (`localhost`, `127.0.0.0/8`, `[::1]`) uses no ICE servers, and a
-//! room elsewhere must be given an explicit choice ([`IceServers`]).
+//! room elsewhere must be given an explicit choice (`with_ice_servers`, `with_public_stun`, `without_ice_servers` on [`crate::PeerSyncPlugin`]).
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::schedule::{PeerSyncSystems, StageAppExt};
 
 /// Which ICE (STUN/TURN) servers the WebRTC connections use.
 #[derive(Debug, Clone, Default)]
-pub enum IceServers {
+pub(crate) enum IceServers {
     /// Not chosen. Fine for a room on this machine (treated as [`IceServers::None`]);
     /// an error for any other room.
     #[default]
@@ -40,7 +40,7 @@ pub enum IceServers {
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct MatchboxConfig {
+pub(crate) struct MatchboxConfig {
     /// The room, e.g. `ws://127.0.0.1:3536/my_room`.
     pub room_url: String,
     /// The ICE server choice.
@@ -134,7 +134,7 @@ pub(crate) fn is_local_host(host: &str) -> bool {
 }
 
 /// The WebRTC backend. [`crate::PeerSyncPlugin::new`] adds it.
-pub struct MatchboxTransportPlugin {
+pub(crate) struct MatchboxTransportPlugin {
     /// Where to connect.
     pub config: MatchboxConfig,
 }
@@ -153,7 +153,7 @@ struct SocketPlan {
 
 /// The open socket.
 #[derive(Resource, Debug)]
-pub struct MatchboxTransport {
+pub(crate) struct MatchboxTransport {
     socket: MatchboxSocket,
     opened: bool,
 }

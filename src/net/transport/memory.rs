@@ -391,7 +391,7 @@ impl MemoryNetwork {
 /// The backend resource of a peer on a [`MemoryNetwork`]. Dropping it (or the `App`)
 /// makes the peer leave.
 #[derive(Resource, Debug)]
-pub struct MemoryEndpoint {
+pub(crate) struct MemoryEndpoint {
     network: MemoryNetwork,
     id: PeerId,
 }
@@ -419,7 +419,7 @@ impl Drop for MemoryEndpoint {
 
 /// Adds the memory backend to an app. [`crate::PeerSyncPlugin::in_memory`] does this
 /// for you.
-pub struct MemoryTransportPlugin {
+pub(crate) struct MemoryTransportPlugin {
     /// The network to join.
     pub network: MemoryNetwork,
 }
