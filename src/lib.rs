@@ -159,6 +159,25 @@ pub mod internals {
     pub use crate::registry::Framing;
     pub use crate::transient::pack::{Entry, pack, unpack};
 
+    /// Checks and decodes a `Doc` wire body (document id, then a y-sync message) as a
+    /// receiver does before anything is applied: what a peer's document message costs
+    /// before it is refused or accepted. A step 2 or update's payload is decoded too.
+    pub fn decode_doc_message(body: &[u8]) -> Result<(), crate::net::stats::DropReason> {
+        let (_, message) = crate::doc::decode_sync(body)?;
+        match message {
+            yrs::sync::SyncMessage::SyncStep1(_) => Ok(()),
+            yrs::sync::SyncMessage::SyncStep2(update) | yrs::sync::SyncMessage::Update(update) => {
+                crate::doc::decode_update(&update, &Default::default()).map(|_| ())
+            }
+        }
+    }
+
+    /// How often the entity document's shadow (the copy live updates are tried on)
+    /// was rebuilt: a pass over the whole document each.
+    pub fn shadow_rebuilds(doc: &EntityDoc) -> u64 {
+        doc.shadow_rebuilds()
+    }
+
     /// Drops this frame's local edits of the room document before they leave, as if
     /// lost on the way. Returns whether there were any.
     pub fn drop_local_update(doc: &SharedDoc) -> bool {

@@ -58,6 +58,7 @@
 //! assert_eq!(room.app(b).world().resource::<SharedDoc>().text_string("note"), "hello");
 //! ```
 
+pub(crate) mod check;
 mod engine;
 pub(crate) mod nesting;
 pub(crate) mod pieces;
@@ -65,7 +66,6 @@ mod shared;
 mod sync;
 mod v1;
 
-use std::panic::catch_unwind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +79,7 @@ use yrs::{StateVector, Update};
 
 pub(crate) use engine::{Remote, SyncedDoc};
 pub use shared::{SharedDoc, SharedDocChanged};
-pub use sync::HELD_STEP1_WAIT;
+pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};
 
 use crate::net::stats::DropReason;
 use crate::net::wire::Message;
@@ -181,17 +181,23 @@ pub(crate) fn leaves_hole(update: &Update, known: &StateVector) -> bool {
 }
 
 /// Decodes a yrs update from a peer, refusing oversized or malformed ones whole.
+///
+/// yrs sees only what passed [`check::update`]: exactly an honest encoder's layout,
+/// with every count and length within the bytes, nesting bounded, and its estimated
+/// cost within a small multiple of its size.
 pub(crate) fn decode_update(bytes: &[u8], limits: &DocLimits) -> Result<Update, DropReason> {
     if bytes.len() > limits.max_update_size {
         return Err(DropReason::Oversized);
     }
-    // yrs would recurse through the nesting (and overflow the stack) before any check.
-    if nesting::any_depth(bytes).is_some_and(|depth| depth > nesting::MAX_ANY_DEPTH) {
-        return Err(DropReason::Malformed);
-    }
-    match catch_unwind(|| Update::decode_v1(bytes)) {
-        Ok(Ok(update)) => Ok(update),
-        _ => Err(DropReason::Malformed),
+    check::update(bytes).map_err(refusal)?;
+    Update::decode_v1(bytes).map_err(|_| DropReason::Malformed)
+}
+
+/// How a refusal of [`check`] is counted.
+fn refusal(refusal: check::Refusal) -> DropReason {
+    match refusal {
+        check::Refusal::Layout | check::Refusal::Unsafe => DropReason::Malformed,
+        check::Refusal::TooCostly => DropReason::OverBudget,
     }
 }
 
@@ -220,14 +226,14 @@ pub(crate) fn step1(doc: DocId, synced: &SyncedDoc) -> Message {
 pub(crate) fn decode_sync(body: &[u8]) -> Result<(DocId, SyncMessage), DropReason> {
     let (&first, rest) = body.split_first().ok_or(DropReason::Malformed)?;
     let doc = DocId::from_byte(first).ok_or(DropReason::Unknown)?;
-    let decoded = catch_unwind(|| {
-        let mut decoder = DecoderV1::new(Cursor::new(rest));
-        YMessage::decode(&mut decoder)
-    });
-    match decoded {
-        Ok(Ok(YMessage::Sync(message))) => Ok((doc, message)),
-        Ok(Ok(_)) => Err(DropReason::Unknown),
-        _ => Err(DropReason::Malformed),
+    // yrs reads only a message that passed the check: a sync message whose state
+    // vector or update is within its bytes.
+    check::sync_message(rest).map_err(refusal)?;
+    let mut decoder = DecoderV1::new(Cursor::new(rest));
+    match YMessage::decode(&mut decoder) {
+        Ok(YMessage::Sync(message)) => Ok((doc, message)),
+        Ok(_) => Err(DropReason::Unknown),
+        Err(_) => Err(DropReason::Malformed),
     }
 }
 

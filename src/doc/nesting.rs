@@ -3,36 +3,13 @@
 //! yrs decodes `Any` arrays and maps recursively with no depth limit, and encodes and
 //! drops them the same way, so an update holding a value nested a million deep (4 MB
 //! of `[[[[…]]]]`, well inside the size limit) overflows the stack and aborts the
-//! process: no `catch_unwind` helps. So every update from a peer is measured with
-//! this iterative reader before yrs decodes it, and one nested deeper than
-//! [`MAX_ANY_DEPTH`] is refused (dropped and counted as malformed).
-//!
-//! The layout reader (`shared_doc/v1.rs`) follows the update layout only as far as it must to
-//! find every `Any`; where the bytes stop making sense to it, it says so (`None`) and
-//! yrs' own decoder judges them.
-
-use super::v1;
+//! process: no `catch_unwind` helps. So every update from a peer is read by the
+//! iterative check ([`super::check`]) before yrs decodes it, and one nested deeper
+//! than [`MAX_ANY_DEPTH`] is refused (dropped and counted as malformed).
 
 /// Nesting of `Any` arrays and maps an update may hold. Game state nests a few levels;
 /// yrs' recursion costs far below a thread's stack at this depth.
 pub const MAX_ANY_DEPTH: usize = 100;
-
-/// The deepest `Any` nesting in v1 update `bytes` (0 for none, 1 for a flat array or
-/// map); `None` if the bytes do not follow the layout.
-pub fn any_depth(bytes: &[u8]) -> Option<usize> {
-    let mut r = v1::Reader::new(bytes);
-    let mut deepest = 0;
-    for _ in 0..r.var()? {
-        let blocks = r.var()?;
-        r.var()?; // client
-        r.var()?; // clock
-        for _ in 0..blocks {
-            deepest = deepest.max(v1::block(&mut r, false)?.depth);
-        }
-    }
-    // The delete set that follows holds no values.
-    Some(deepest)
-}
 
 #[cfg(test)]
 mod tests {
@@ -45,15 +22,14 @@ mod tests {
         XmlElementPrelim, XmlFragment,
     };
 
-    use super::*;
+    use crate::doc::check::{self, Refusal};
     use crate::doc::v1::HAS_PARENT_SUB;
 
     fn nested(depth: usize) -> Any {
         (0..depth).fold(Any::Null, |inner, _| Any::Array(Arc::from([inner])))
     }
 
-    /// Updates of every kind of content yrs writes are read through, and their nesting
-    /// is found.
+    /// Updates of every kind of content yrs writes for shared types pass the check.
     #[test]
     fn reads_real_updates_and_finds_their_nesting() {
         let doc = Doc::new();
@@ -77,19 +53,24 @@ mod tests {
             array.push_back(&mut txn, "x");
             array.remove(&mut txn, 1);
             xml.push_back(&mut txn, XmlElementPrelim::empty("p"));
-            map.insert(&mut txn, "sub", Doc::new());
         }
         let update = doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
-        assert_eq!(any_depth(&update), Some(7));
-        // Garbage is not an update this reader follows; yrs refuses it itself.
-        assert_eq!(any_depth(&[3, 200, 1]), None);
+        assert_eq!(check::update(&update), Ok(()));
+        // Garbage is refused, not left for yrs to judge.
+        assert_eq!(check::update(&[3, 200, 1]), Err(Refusal::Layout));
+        // A sub-document (yrs spawns a document for five bytes of it) is refused.
+        map.insert(&mut doc.transact_mut(), "sub", Doc::new());
+        let with_sub = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(check::update(&with_sub), Err(Refusal::Unsafe));
         assert_eq!(text.get_string(&doc.transact()), "hellorld");
     }
 
     /// A value nested a million deep (which yrs would decode by recursion until the
-    /// stack overflows) is measured without recursion, and refused by `decode_update`.
+    /// stack overflows) is read without recursion, and refused by `decode_update`.
     #[test]
     fn a_value_nested_a_million_deep_is_refused_before_yrs_sees_it() {
         fn varint(out: &mut Vec<u8>, mut n: u64) {
@@ -101,12 +82,13 @@ mod tests {
         }
         // One client, one item: an `Any` under key `k` of root map `m`.
         let mut update = vec![1, 1, 7, 0, 8 | HAS_PARENT_SUB, 1, 1, b'm', 1, b'k', 1];
+        // (Nesting the whole value in one array of one value each.)
         for _ in 0..1_000_000 {
             update.push(117);
             varint(&mut update, 1);
         }
         update.extend([126, 0]);
-        assert!(any_depth(&update).is_some_and(|depth| depth > MAX_ANY_DEPTH));
+        assert_eq!(check::update(&update), Err(Refusal::Unsafe));
         assert_eq!(
             super::super::decode_update(&update, &Default::default()).err(),
             Some(crate::net::stats::DropReason::Malformed)
@@ -114,7 +96,7 @@ mod tests {
         // The same at a depth games use goes through.
         let mut shallow = vec![1, 1, 7, 0, 8 | HAS_PARENT_SUB, 1, 1, b'm', 1, b'k', 1];
         shallow.extend([117, 1, 117, 1, 126, 0]);
-        assert_eq!(any_depth(&shallow), Some(2));
+        assert_eq!(check::update(&shallow), Ok(()));
         assert!(super::super::decode_update(&shallow, &Default::default()).is_ok());
     }
 }

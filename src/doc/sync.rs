@@ -1,13 +1,14 @@
 //! The y-sync protocol over every hosted document: sync started with peers that
 //! join, step 1 answered, updates routed to their hosts, missing history asked for.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bevy::prelude::*;
 use yrs::StateVector;
 use yrs::sync::SyncMessage;
 
-use super::{HostedDocs, Remote, decode_sync, step1, step2};
+use super::{DocId, HostedDocs, Remote, decode_sync, step1, step2};
 use crate::net::peer::{PeerId, PeerJoined, PeerLeft, PeerRejected, Peers};
 use crate::net::session::{FreshJoin, Inbound, Inbox, Outbox, Recipients};
 use crate::net::stats::{DropReason, PeerStats};
@@ -15,10 +16,33 @@ use crate::net::transport::Channel;
 use crate::net::wire::Message;
 use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
 
+/// Step 1s from one peer are answered at most this often per document; asks that
+/// come meanwhile are coalesced into the latest (and counted as
+/// [`DropReason::OverBudget`]).
+pub const STEP1_ANSWER_GAP: Duration = Duration::from_millis(250);
+/// An answer to a step 1 of at least this many bytes (about a whole document) ...
+pub const LARGE_ANSWER: usize = 64 * 1024;
+/// ... is sent to one peer at most this often per document: asking for everything over
+/// and over costs the asker, not the room.
+pub const LARGE_ANSWER_GAP: Duration = Duration::from_secs(3);
+
+/// Step 1s waiting for their answer, per peer and document.
+#[derive(Resource, Default)]
+pub(super) struct Step1Asks(HashMap<(PeerId, DocId), Ask>);
+
+#[derive(Default)]
+pub(super) struct Ask {
+    /// The latest state vector asked with, not answered yet.
+    pending: Option<StateVector>,
+    last_answer: Option<Duration>,
+    last_large: Option<Duration>,
+}
+
 /// Adds the protocol's systems.
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<HostedDocs>()
         .init_resource::<HeldStep1>()
+        .init_resource::<Step1Asks>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
             (
@@ -27,6 +51,12 @@ pub(super) fn plugin(app: &mut App) {
                 receive_doc_messages,
             )
                 .chain()
+                .in_set(Step::SyncDocs),
+        )
+        .add_stage_systems(
+            PeerSyncSystems::Apply,
+            answer_step1
+                .after(receive_doc_messages)
                 .in_set(Step::SyncDocs),
         )
         // After this frame's catch-up is applied (in `Apply`), so the answers to these
@@ -159,14 +189,15 @@ fn ask_for_missing_history(
     }
 }
 
-/// Routes `Doc` messages: answers step 1, hands step 2 and updates to their document.
+/// Routes `Doc` messages: step 1s to [`answer_step1`], step 2s and updates to their
+/// document.
 pub(super) fn receive_doc_messages(
     mut inbox: ResMut<Inbox>,
     hosted: Res<HostedDocs>,
     mut fresh: ResMut<FreshJoin>,
+    mut asks: ResMut<Step1Asks>,
     peers: Res<Peers>,
     mut stats: Query<&mut PeerStats>,
-    mut outbox: ResMut<Outbox>,
 ) {
     if inbox.doc.is_empty() {
         return;
@@ -195,8 +226,13 @@ pub(super) fn receive_doc_messages(
         };
         match message {
             SyncMessage::SyncStep1(remote) => {
-                for piece in step2(doc_id, synced, &remote) {
-                    outbox.push(Recipients::Peer(peer), Channel::Reliable, piece);
+                let ask = asks.0.entry((peer, doc_id)).or_default();
+                if ask.pending.replace(remote).is_some() {
+                    drop(
+                        peer,
+                        DropReason::OverBudget,
+                        "a step 1 asked again before its answer",
+                    );
                 }
             }
             SyncMessage::SyncStep2(bytes) => {
@@ -216,6 +252,55 @@ pub(super) fn receive_doc_messages(
             }),
         }
     }
+}
+
+/// Answers the step 1s that are due (see [`STEP1_ANSWER_GAP`], [`LARGE_ANSWER_GAP`]).
+fn answer_step1(
+    mut asks: ResMut<Step1Asks>,
+    hosted: Res<HostedDocs>,
+    peers: Res<Peers>,
+    time: Res<Time<Real>>,
+    mut outbox: ResMut<Outbox>,
+) {
+    if asks.0.is_empty() {
+        return;
+    }
+    let now = time.elapsed();
+    let since =
+        |at: Option<Duration>, gap: Duration| at.is_some_and(|at| now.saturating_sub(at) < gap);
+    asks.0.retain(|&(peer, doc_id), ask| {
+        if peers.entity(peer).is_none() {
+            return false;
+        }
+        let Some(synced) = hosted.get(doc_id) else {
+            return false;
+        };
+        if ask.pending.is_none() || since(ask.last_answer, STEP1_ANSWER_GAP) {
+            return true;
+        }
+        let remote = ask.pending.take().expect("checked above");
+        let pieces = step2(doc_id, synced, &remote);
+        let bytes: usize = pieces
+            .iter()
+            .map(|piece| match piece {
+                Message::Doc(body) => body.len(),
+                _ => 0,
+            })
+            .sum();
+        let large = bytes >= LARGE_ANSWER;
+        if large && since(ask.last_large, LARGE_ANSWER_GAP) {
+            ask.pending = Some(remote);
+            return true;
+        }
+        for piece in pieces {
+            outbox.push(Recipients::Peer(peer), Channel::Reliable, piece);
+        }
+        ask.last_answer = Some(now);
+        if large {
+            ask.last_large = Some(now);
+        }
+        true
+    });
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A reader of yrs' v1 update layout (yrs 0.28, the same as Yjs'), without recursion
-//! and without building blocks: what [`nesting`](super::nesting) measures updates
-//! from peers with, and what [`pieces`](super::pieces) cuts this peer's own large
-//! updates with.
+//! and without building blocks: what [`pieces`](super::pieces) cuts this peer's own
+//! large updates with. (Peers' updates are read by [`check`](super::check), which
+//! refuses what it cannot follow.)
 //!
 //! ```text
 //! update  = var(clients) { var(blocks) var(client) var(clock) block* }* delete set
@@ -101,8 +101,6 @@ impl<'a> Reader<'a> {
 
 /// What one block holds, as far as the callers ask.
 pub(crate) struct Block {
-    /// The deepest `Any` nesting in it (0 for none).
-    pub(crate) depth: usize,
     /// The clock ticks it spans (yrs' `Block::len`), when asked for.
     pub(crate) len: u64,
 }
@@ -111,7 +109,7 @@ pub(crate) struct Block {
 /// means counting its UTF-16 code units (the depth needs no such pass).
 pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
     let info = r.u8()?;
-    let flat = |len| Some(Block { depth: 0, len });
+    let flat = |len| Some(Block { len });
     if info == GC || info == SKIP {
         return flat(r.var()?);
     }
@@ -162,16 +160,15 @@ pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
         }
         8 => {
             let count = r.var()?;
-            let mut depth = 0;
             for _ in 0..count {
-                depth = depth.max(any(r)?);
+                any(r)?;
             }
-            Some(Block { depth, len: count })
+            Some(Block { len: count })
         }
         9 => {
             r.buf()?; // sub-document guid, then its options
-            let depth = any(r)?;
-            Some(Block { depth, len: 1 })
+            any(r)?;
+            Some(Block { len: 1 })
         }
         _ => None,
     }
@@ -199,7 +196,7 @@ fn utf16_len(text: &[u8]) -> u64 {
 }
 
 /// Nesting of `Any` values that [`any`] stops reading at: deeper is refused anyway
-/// (see [`super::nesting::MAX_ANY_DEPTH`]).
+/// (see [`super::nesting::MAX_ANY_DEPTH`]); this peer's own updates never nest so.
 const STOP_DEPTH: usize = super::nesting::MAX_ANY_DEPTH + 1;
 
 /// One `Any` value, nested ones included, with an explicit stack; its depth. Stops

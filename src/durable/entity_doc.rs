@@ -43,6 +43,10 @@ pub struct EntityDoc {
     pub(super) hidden: HashMap<ReplicaId, HashSet<NetId>>,
     /// Updates refused for writing what the sender does not own.
     pub refused: u64,
+    /// Shadow rebuilds so far.
+    pub(super) shadow_rebuilds: u64,
+    /// Frames of judging held updates so far: which sender goes first.
+    pub(super) turn: usize,
 }
 
 impl fmt::Debug for EntityDoc {
@@ -84,6 +88,8 @@ impl EntityDoc {
             tombstones: HashSet::new(),
             hidden: HashMap::new(),
             refused: 0,
+            shadow_rebuilds: 0,
+            turn: 0,
         }
     }
 
@@ -161,6 +167,12 @@ impl EntityDoc {
     /// Rebuilds the shadow from this document (after a refused update, or a catch-up).
     pub(super) fn rebuild_shadow(&mut self) {
         self.shadow.rebuild(self.synced.doc());
+        self.shadow_rebuilds += 1;
+    }
+
+    /// How often the shadow was rebuilt (a pass over the whole document each).
+    pub(crate) fn shadow_rebuilds(&self) -> u64 {
+        self.shadow_rebuilds
     }
 
     /// Whether a change `touched` by replica `sender` is allowed (see

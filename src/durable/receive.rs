@@ -160,6 +160,14 @@ fn judge_held(
     // from the same sender (yrs needs each client's updates in order anyway).
     let mut blocked: HashSet<PeerId> = HashSet::new();
     let mut still_held = VecDeque::new();
+    // The shadow is rebuilt (a pass over the whole document) at most once a frame:
+    // what would need a second rebuild waits for the next frame, so updates that are
+    // never allowed cost their sender's place in the queue, not the receiver's frame.
+    let mut rebuilt = false;
+    // Senders take turns going first, so one whose updates keep failing the check
+    // cannot take every frame's rebuild from the others.
+    doc.turn = doc.turn.wrapping_add(1);
+    doc.held = take_turns(std::mem::take(&mut doc.held), doc.turn);
     while let Some(held) = doc.held.pop_front() {
         if blocked.contains(&held.from) {
             still_held.push_back(held);
@@ -170,7 +178,21 @@ fn judge_held(
         let mut missing_history = doc.synced.would_leave_hole(&held.update);
         if !missing_history {
             if doc.shadow.stale {
+                if rebuilt {
+                    if now.saturating_sub(held.since) >= config.hold_timeout {
+                        debug!(
+                            "dropped an entity update from peer `{}`: its turn for the check did not come in time",
+                            held.from
+                        );
+                        refused.push((held.from, DropReason::OverBudget));
+                        continue;
+                    }
+                    blocked.insert(held.from);
+                    still_held.push_back(held);
+                    continue;
+                }
                 doc.rebuild_shadow();
+                rebuilt = true;
             }
             let (touched, complete) = doc.shadow.apply(&held.bytes);
             let allowed = complete
@@ -191,7 +213,8 @@ fn judge_held(
                 continue;
             }
             missing_history = !complete;
-            doc.rebuild_shadow();
+            // Tried on the shadow and not taken: the shadow no longer matches.
+            doc.shadow.stale = true;
         }
         if missing_history {
             doc.synced.note_gap();
@@ -223,6 +246,31 @@ fn judge_held(
         }
     }
     doc.held = still_held;
+}
+
+/// `held` with each sender's updates in their order, the senders in turn `turn`.
+fn take_turns(held: VecDeque<HeldUpdate>, turn: usize) -> VecDeque<HeldUpdate> {
+    let mut senders: Vec<PeerId> = Vec::new();
+    for update in &held {
+        if !senders.contains(&update.from) {
+            senders.push(update.from);
+        }
+    }
+    if senders.len() < 2 {
+        return held;
+    }
+    senders.sort();
+    let first = turn % senders.len();
+    senders.rotate_left(first);
+    let mut queues: Vec<VecDeque<HeldUpdate>> = senders.iter().map(|_| VecDeque::new()).collect();
+    for update in held {
+        let at = senders
+            .iter()
+            .position(|s| *s == update.from)
+            .expect("every sender was listed");
+        queues[at].push_back(update);
+    }
+    queues.into_iter().flatten().collect()
 }
 
 /// Counts refused updates on their senders' stats.

@@ -4,9 +4,13 @@
 
 mod support;
 
+#[global_allocator]
+static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
+
 mod connection;
 mod durable;
 mod foundation;
+mod hostile;
 mod names;
 mod persistence;
 mod presence;

@@ -1,4 +1,5 @@
 //! Helpers shared by the test modules.
 
+pub mod alloc;
 pub mod traces;
 pub mod webrtc;

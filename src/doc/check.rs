@@ -1,0 +1,586 @@
+//! The gate in front of yrs: every byte a peer sends for a document is read here,
+//! iteratively and without allocating, before yrs decodes any of it.
+//!
+//! yrs 0.28 trusts its input more than a peer-to-peer room can: it reserves what a
+//! length prefix declares, recurses through nested values, reads integers wider than
+//! their field (a six-byte "u32" wraps), and panics (in debug builds, on wasm32 an
+//! abort) on clocks that overflow or blocks of one client that overlap. So an input
+//! passes only if it is exactly what an honest yrs encoder writes, read the way yrs
+//! reads it:
+//!
+//! - every integer fits its field as written (a `u32` in at most five bytes, a client
+//!   id below 2^53, an `Any` integer in at most nine bytes);
+//! - every count is one the remaining bytes can hold, every length fits in them, and
+//!   the input ends where its layout does (no trailing bytes);
+//! - per client of an update: listed once, one contiguous run of blocks of non-zero
+//!   length, clocks below 2^31; origins of the same client before the item; no skip
+//!   blocks, no sub-documents, only the shared types yrs defines; `Any` values nested
+//!   at most [`MAX_ANY_DEPTH`](super::nesting::MAX_ANY_DEPTH) deep;
+//! - what yrs will allocate for it, estimated per element from yrs' own structures,
+//!   is at most [`COST_PER_BYTE`] times its size (plus [`COST_SLACK`]).
+//!
+//! "Cannot tell" is a refusal: a layout this reader does not know is refused, never
+//! passed to yrs to judge.
+
+use super::nesting::MAX_ANY_DEPTH;
+
+/// Estimated heap bytes yrs may allocate per byte of input, at most (see
+/// [`Cost`]). Honest updates measured in this module's tests stay below half of it
+/// (about 14 for a document of many small edits); the smallest hostile elements cost
+/// more (an item of four bytes, about 44).
+pub(crate) const COST_PER_BYTE: usize = 32;
+/// Estimated heap bytes any input may cost besides its per-byte allowance.
+pub(crate) const COST_SLACK: usize = 64 * 1024;
+
+/// Client ids are JavaScript-safe integers (below 2^53), as yrs makes them.
+const MAX_CLIENT: u64 = (1 << 53) - 1;
+/// Clocks stay below 2^31: yrs subtracts them as `i32` when it integrates.
+const MAX_CLOCK: u64 = (1 << 31) - 1;
+
+const GC: u8 = 0;
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+
+/// Estimated heap cost of what yrs builds, in bytes, per element (from the sizes of
+/// yrs 0.28's structures on a 64-bit target, rounded up).
+struct Cost;
+
+impl Cost {
+    const CLIENT: usize = 64;
+    const GC: usize = 32;
+    const ITEM: usize = 176;
+    const TYPE: usize = 160;
+    const VALUE: usize = 40;
+    const ENTRY: usize = 80;
+    const BYTES: usize = 24;
+    const RANGE: usize = 16;
+}
+
+/// Why an input was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not the layout (cut short, trailing bytes, an integer wider than its field, an
+    /// unknown tag): malformed.
+    Layout,
+    /// Well formed, but something yrs must not be given: a skip block, a sub-document,
+    /// a client listed twice, a clock past 2^31, nesting past the limit.
+    Unsafe,
+    /// Would cost the receiver more than [`COST_PER_BYTE`] times its size.
+    TooCostly,
+}
+
+type Checked<T> = Result<T, Refusal>;
+
+/// A cursor that reads integers and lengths the way yrs does, refusing what yrs would
+/// read differently from what it says.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    cost: usize,
+    limit: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            cost: 0,
+            limit: bytes
+                .len()
+                .saturating_mul(COST_PER_BYTE)
+                .saturating_add(COST_SLACK),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn charge(&mut self, cost: usize) -> Checked<()> {
+        self.cost = self.cost.saturating_add(cost);
+        if self.cost > self.limit {
+            return Err(Refusal::TooCostly);
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Checked<u8> {
+        let byte = *self.bytes.get(self.at).ok_or(Refusal::Layout)?;
+        self.at += 1;
+        Ok(byte)
+    }
+
+    /// An unsigned varint of at most `max_bytes` bytes whose value fits `max_bits`.
+    fn var(&mut self, max_bytes: usize, max_bits: u32) -> Checked<u64> {
+        let mut value = 0u64;
+        for i in 0..max_bytes {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            let shift = 7 * i as u32;
+            // Bits past `max_bits` would be lost (or wrapped) by yrs' reader.
+            if shift + (64 - bits.leading_zeros()) > max_bits {
+                return Err(Refusal::Layout);
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(Refusal::Layout)
+    }
+
+    /// A `u32` field (yrs' `read_var::<u32>`).
+    fn u32(&mut self) -> Checked<u64> {
+        self.var(5, 32)
+    }
+
+    /// A count of elements, each at least `min_bytes` long.
+    fn count(&mut self, min_bytes: usize) -> Checked<u64> {
+        let count = self.u32()?;
+        if count > (self.remaining() / min_bytes.max(1)) as u64 {
+            return Err(Refusal::Layout);
+        }
+        Ok(count)
+    }
+
+    /// A client id (below 2^53).
+    fn client(&mut self) -> Checked<u64> {
+        let client = self.var(8, 53)?;
+        if client > MAX_CLIENT {
+            return Err(Refusal::Unsafe);
+        }
+        Ok(client)
+    }
+
+    /// A clock (below 2^31).
+    fn clock(&mut self) -> Checked<u64> {
+        let clock = self.u32()?;
+        if clock > MAX_CLOCK {
+            return Err(Refusal::Unsafe);
+        }
+        Ok(clock)
+    }
+
+    /// A buffer or string: a `u32` length, then that many bytes.
+    fn buf(&mut self) -> Checked<&'a [u8]> {
+        let len = self.u32()? as usize;
+        if len > self.remaining() {
+            return Err(Refusal::Layout);
+        }
+        let bytes = &self.bytes[self.at..self.at + len];
+        self.at += len;
+        self.charge(len + Cost::BYTES)?;
+        Ok(bytes)
+    }
+
+    /// A UTF-8 string.
+    fn string(&mut self) -> Checked<&'a str> {
+        std::str::from_utf8(self.buf()?).map_err(|_| Refusal::Layout)
+    }
+
+    fn skip(&mut self, len: usize) -> Checked<()> {
+        if len > self.remaining() {
+            return Err(Refusal::Layout);
+        }
+        self.at += len;
+        Ok(())
+    }
+
+    fn end(&self) -> Checked<()> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(Refusal::Layout)
+        }
+    }
+}
+
+/// Checks a v1 update from a peer (a live update, or a y-sync step 2).
+pub(crate) fn update(bytes: &[u8]) -> Checked<()> {
+    update_cost(bytes).map(|_| ())
+}
+
+/// [`update`], and the estimated cost of the update.
+fn update_cost(bytes: &[u8]) -> Checked<usize> {
+    let mut r = Reader::new(bytes);
+    let clients = r.count(3)?;
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..clients {
+        let blocks = r.count(2)?;
+        let client = r.client()?;
+        if blocks == 0 || seen.contains(&client) {
+            return Err(Refusal::Unsafe);
+        }
+        seen.push(client);
+        r.charge(Cost::CLIENT)?;
+        let mut clock = r.clock()?;
+        for _ in 0..blocks {
+            let len = block(&mut r, client, clock)?;
+            clock = clock.checked_add(len).ok_or(Refusal::Unsafe)?;
+            if len == 0 || clock > MAX_CLOCK {
+                return Err(Refusal::Unsafe);
+            }
+        }
+    }
+    delete_set(&mut r)?;
+    r.end()?;
+    Ok(r.cost)
+}
+
+/// One block of `client` starting at `clock`; its length in clock ticks.
+fn block(r: &mut Reader, client: u64, clock: u64) -> Checked<u64> {
+    let info = r.u8()?;
+    if info == GC {
+        r.charge(Cost::GC)?;
+        return r.u32();
+    }
+    if info & 0b1111 == 10 {
+        // A skip: honest encoders never send one, and yrs integrates one as a hole
+        // that later blocks can break its block store on.
+        return Err(Refusal::Unsafe);
+    }
+    r.charge(Cost::ITEM)?;
+    for flag in [HAS_ORIGIN, HAS_RIGHT_ORIGIN] {
+        if info & flag != 0 {
+            let origin = r.client()?;
+            let origin_clock = r.clock()?;
+            if origin == client && origin_clock >= clock {
+                return Err(Refusal::Unsafe);
+            }
+        }
+    }
+    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        match r.u32()? {
+            1 => {
+                r.string()?; // a root type's name
+            }
+            0 => {
+                r.client()?; // the parent's id
+                r.clock()?;
+            }
+            _ => return Err(Refusal::Layout),
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            r.string()?;
+        }
+    }
+    content(r, info & 0b1111)
+}
+
+/// An item's content; its length in clock ticks.
+fn content(r: &mut Reader, kind: u8) -> Checked<u64> {
+    match kind {
+        1 => r.u32(), // deleted
+        2 => {
+            // JSON strings: one more than the count says (as yrs reads them).
+            let count = r.count(1)?;
+            for _ in 0..=count {
+                r.string()?;
+            }
+            Ok(count + 1)
+        }
+        3 => r.buf().map(|_| 1), // binary
+        4 => {
+            let text = r.string()?;
+            Ok(text.encode_utf16().count() as u64)
+        }
+        5 => r.string().map(|_| 1), // embed (JSON)
+        6 => {
+            r.string()?; // format: key, JSON value
+            r.string().map(|_| 1)
+        }
+        7 => {
+            r.charge(Cost::TYPE)?;
+            match r.u8()? {
+                3 => {
+                    r.string()?; // an XML element's name
+                }
+                0..=6 => {}
+                // Weak links, sub-documents, undefined: not what this crate syncs.
+                _ => return Err(Refusal::Unsafe),
+            }
+            Ok(1)
+        }
+        8 => {
+            let count = r.count(1)?;
+            for _ in 0..count {
+                any(r)?;
+            }
+            Ok(count)
+        }
+        // 9 is a sub-document: yrs spawns a document for it.
+        9 => Err(Refusal::Unsafe),
+        _ => Err(Refusal::Layout),
+    }
+}
+
+/// One `Any` value, nested ones included, with an explicit stack.
+fn any(r: &mut Reader) -> Checked<()> {
+    // Per open array or map: values still to read in it, and whether each has a key.
+    let mut open: Vec<(u64, bool)> = Vec::new();
+    loop {
+        r.charge(Cost::VALUE)?;
+        match r.u8()? {
+            127 | 126 | 121 | 120 => {} // undefined, null, false, true
+            125 => {
+                // A signed varint: in at most nine bytes it cannot overflow an i64.
+                for i in 0.. {
+                    if i == 9 {
+                        return Err(Refusal::Layout);
+                    }
+                    if r.u8()? & 0x80 == 0 {
+                        break;
+                    }
+                }
+            }
+            124 => r.skip(4)?,
+            123 | 122 => r.skip(8)?,
+            119 => {
+                r.string()?;
+            }
+            116 => {
+                r.buf()?;
+            }
+            tag @ (118 | 117) => {
+                let is_map = tag == 118;
+                let len = r.count(if is_map { 2 } else { 1 })?;
+                if len > 0 {
+                    if open.len() >= MAX_ANY_DEPTH {
+                        return Err(Refusal::Unsafe);
+                    }
+                    open.push((len, is_map));
+                }
+            }
+            _ => return Err(Refusal::Layout),
+        }
+        // The value just read fills one slot of the innermost open container (unless
+        // it opened one); close the containers that are full.
+        loop {
+            let Some((left, is_map)) = open.last_mut() else {
+                return Ok(());
+            };
+            if *left == 0 {
+                open.pop();
+                continue;
+            }
+            *left -= 1;
+            if *is_map {
+                r.charge(Cost::ENTRY)?;
+                r.string()?;
+            }
+            break;
+        }
+    }
+}
+
+/// The delete set at the end of an update.
+fn delete_set(r: &mut Reader) -> Checked<()> {
+    let clients = r.count(2)?;
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..clients {
+        let client = r.client()?;
+        if seen.contains(&client) {
+            return Err(Refusal::Unsafe);
+        }
+        seen.push(client);
+        r.charge(Cost::CLIENT)?;
+        let ranges = r.count(2)?;
+        for _ in 0..ranges {
+            let clock = r.clock()?;
+            let len = r.u32()?;
+            if len == 0 || clock + len > MAX_CLOCK {
+                return Err(Refusal::Unsafe);
+            }
+            r.charge(Cost::RANGE)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks an encoded state vector (the body of a y-sync step 1).
+pub(crate) fn state_vector(bytes: &[u8]) -> Checked<()> {
+    let mut r = Reader::new(bytes);
+    let clients = r.count(2)?;
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..clients {
+        let client = r.client()?;
+        r.clock()?;
+        if seen.contains(&client) {
+            return Err(Refusal::Unsafe);
+        }
+        seen.push(client);
+        r.charge(Cost::CLIENT)?;
+    }
+    r.end()
+}
+
+/// What a y-sync message holds, once checked: its inner tag and its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncKind {
+    /// Step 1: a state vector.
+    Step1,
+    /// Step 2: the diff that answers a step 1.
+    Step2,
+    /// A live update.
+    Update,
+}
+
+/// Checks a y-sync message (`yrs::sync::Message::Sync`, lib0 v1): the outer and inner
+/// tags, the payload's length, and the payload itself (a state vector, or an update).
+/// Every other message kind (awareness, auth, custom) is refused: this crate sends
+/// none of them.
+pub(crate) fn sync_message(bytes: &[u8]) -> Checked<SyncKind> {
+    let mut r = Reader::new(bytes);
+    if r.u8()? != 0 {
+        return Err(Refusal::Layout);
+    }
+    let kind = match r.u8()? {
+        0 => SyncKind::Step1,
+        1 => SyncKind::Step2,
+        2 => SyncKind::Update,
+        _ => return Err(Refusal::Layout),
+    };
+    let payload = r.buf()?;
+    r.end()?;
+    match kind {
+        SyncKind::Step1 => state_vector(payload)?,
+        SyncKind::Step2 | SyncKind::Update => update(payload)?,
+    }
+    Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use yrs::types::Attrs;
+    use yrs::updates::encoder::Encode;
+    use yrs::{
+        Any, Array, ArrayPrelim, Doc, GetString, Map, MapPrelim, ReadTxn, StateVector, Text,
+        Transact, WriteTxn, XmlElementPrelim, XmlFragment, XmlTextPrelim,
+    };
+
+    use super::*;
+
+    /// Every update yrs writes in the shapes this crate and its games produce passes,
+    /// well under the cost limit.
+    #[test]
+    fn honest_updates_pass() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("note");
+        let map = doc.get_or_insert_map("entities");
+        let array = doc.get_or_insert_array("list");
+        let mut updates = Vec::new();
+        let mut edit = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let before = doc.transact().state_vector();
+            f(&mut doc.transact_mut());
+            updates.push(doc.transact().encode_diff_v1(&before));
+        };
+        edit(&|txn| text.insert(txn, 0, "héllo wörld 😀"));
+        edit(&|txn| text.remove_range(txn, 1, 3));
+        edit(&|txn| text.format(txn, 0, 2, Attrs::from([("bold".into(), true.into())])));
+        edit(&|txn| {
+            let entity = map.insert(txn, "e-1", MapPrelim::default());
+            entity.insert(txn, "owner", "00ff");
+            let nested = Any::from(HashMap::from([(
+                "xs".to_owned(),
+                Any::Array(Arc::from(vec![
+                    Any::from(1.5),
+                    Any::Null,
+                    Any::from(-7_i64),
+                ])),
+            )]));
+            entity.insert(txn, "value", nested);
+            entity.insert(txn, "bytes", Any::Buffer(Arc::from(vec![1u8, 2, 3])));
+        });
+        edit(&|txn| {
+            array.insert_range(txn, 0, [1, 2, 3]);
+            array.insert(txn, 0, ArrayPrelim::from([true, false]));
+        });
+        edit(&|txn| {
+            map.remove(txn, "e-1");
+        });
+        edit(&|txn| {
+            let xml = txn.get_or_insert_xml_fragment("xml");
+            let element = xml.insert(txn, 0, XmlElementPrelim::empty("p"));
+            element.insert(txn, 0, XmlTextPrelim::new("x"));
+        });
+        updates.push(doc.transact().encode_diff_v1(&StateVector::default()));
+        updates.push(
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default()),
+        );
+        for update in &updates {
+            assert_eq!(super::update(update), Ok(()), "{update:?}");
+        }
+        let sv = doc.transact().state_vector().encode_v1();
+        assert_eq!(state_vector(&sv), Ok(()));
+        let _ = text.get_string(&doc.transact());
+    }
+
+    /// A whole document of many small edits (the costliest honest shape: short items,
+    /// small values) is estimated at a fraction of the limit per byte.
+    #[test]
+    fn honest_updates_cost_a_fraction_of_the_limit() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("entities");
+        for n in 0..2_000u32 {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, n % 7, "x");
+            let entity = map.insert(&mut txn, format!("e-{n}"), MapPrelim::default());
+            entity.insert(&mut txn, "x", Any::from(f64::from(n)));
+            entity.insert(&mut txn, "on", Any::from(n % 2 == 0));
+        }
+        let whole = doc.transact().encode_diff_v1(&StateVector::default());
+        let cost = update_cost(&whole).unwrap();
+        assert!(
+            cost < whole.len() * COST_PER_BYTE / 2,
+            "{cost} for {} bytes",
+            whole.len()
+        );
+    }
+
+    /// Truncated and extended honest updates are refused, never passed.
+    #[test]
+    fn cut_or_padded_updates_are_refused() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "abcdef");
+        doc.get_or_insert_map("m").insert(
+            &mut doc.transact_mut(),
+            "k",
+            Any::from(vec![Any::from(1)]),
+        );
+        let whole = doc.transact().encode_diff_v1(&StateVector::default());
+        for cut in 0..whole.len() {
+            assert!(update(&whole[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut padded = whole.clone();
+        padded.push(0);
+        assert_eq!(update(&padded), Err(Refusal::Layout));
+    }
+
+    /// Integers wider than their field, as yrs would wrap them, are refused.
+    #[test]
+    fn integers_that_yrs_would_read_otherwise_are_refused() {
+        // One client, with its block count written in six bytes (2^35 to a u64 reader,
+        // 8 to yrs' u32 one).
+        assert_eq!(
+            update(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 1, 0]),
+            Err(Refusal::Layout)
+        );
+        // A client id of 2^53.
+        let mut sv = vec![1];
+        sv.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 0]);
+        assert!(state_vector(&sv).is_err());
+        // Counts that the bytes cannot hold.
+        assert_eq!(
+            state_vector(&[0x80, 0x80, 0x80, 0x10]),
+            Err(Refusal::Layout)
+        );
+    }
+}

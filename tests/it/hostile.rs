@@ -1,0 +1,281 @@
+//! Hostile peers: a few bytes that declare gigabytes, integers that yrs would read
+//! otherwise than they say, floods of requests. Each is refused or throttled, counted,
+//! and costs the receiver a small multiple of its size. The figures in the comments
+//! are what the same bytes cost before the check in front of yrs (`doc::check`).
+
+use bevy::prelude::*;
+use bevy_peer_sync::internals::decode_doc_message;
+use bevy_peer_sync::internals::wire::{self, Message};
+use bevy_peer_sync::net::transport::Packet;
+use bevy_peer_sync::persistence::decode_save;
+use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::testing::TestRoom;
+use bytes::Bytes;
+
+use crate::support::alloc::peak_during;
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A `Doc` wire body: document `doc`, y-sync message `kind` (0 step 1, 1 step 2,
+/// 2 update) with `payload`.
+fn doc_body(doc: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![doc, 0, kind];
+    varint(&mut body, payload.len() as u64);
+    body.extend_from_slice(payload);
+    body
+}
+
+/// A state vector that declares 2^25 entries and holds none: 4 bytes.
+fn state_vector_bomb() -> Vec<u8> {
+    let mut sv = Vec::new();
+    varint(&mut sv, 1 << 25);
+    sv
+}
+
+/// One item under key `k` of root map `m`: `Any` maps nested 100 deep, each declaring
+/// 2^22 entries, cut short after the first key of each (711 bytes).
+fn nested_map_bomb() -> Vec<u8> {
+    // clients 1, blocks 1, client 7, clock 0, info: Any content with a parent key,
+    // parent: root `m`, key `k`, content: one value.
+    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm', 1, b'k', 1];
+    for _ in 0..100 {
+        update.push(118);
+        varint(&mut update, 1 << 22);
+        update.extend([1, b'k']);
+    }
+    update
+}
+
+/// Sends `body` as a `Doc` message from peer `from` straight onto peer `to`'s transport.
+fn inject(room: &mut TestRoom, from: usize, to: usize, body: Vec<u8>) {
+    let from = room.peer_id(from).unwrap();
+    let mut io = room.app_mut(to).world_mut().resource_mut::<TransportIo>();
+    for bytes in wire::fragment(wire::encode(&Message::Doc(Bytes::from(body))).unwrap(), 7).unwrap()
+    {
+        io.insert_received(Packet {
+            peer: from,
+            channel: Channel::Reliable,
+            bytes,
+        });
+    }
+}
+
+fn dropped(room: &mut TestRoom, peer: usize, reason: DropReason) -> u64 {
+    let world = room.app_mut(peer).world_mut();
+    world
+        .query::<&PeerStats>()
+        .iter(world)
+        .map(|stats| stats.dropped(reason))
+        .sum()
+}
+
+/// A y-sync step 1 of 10 bytes on the wire whose state vector declares 2^25 entries:
+/// refused before yrs reserves anything (it reserved and zeroed 64 MiB, about 90 ms).
+#[test]
+fn a_state_vector_declaring_millions_of_entries_costs_its_size() {
+    let body = doc_body(0, 0, &state_vector_bomb());
+    assert_eq!(body.len() + 2, 10);
+    let (result, peak) = peak_during(|| decode_doc_message(&body));
+    assert_eq!(result, Err(DropReason::Malformed));
+    assert!(peak < 4 * 1024, "{peak} bytes");
+
+    let mut room = TestRoom::new(91);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    inject(&mut room, a, b, body);
+    let ((), peak) = peak_during(|| room.app_mut(b).update());
+    assert_eq!(dropped(&mut room, b, DropReason::Malformed), 1);
+    assert!(peak < 1024 * 1024, "{peak} bytes in the frame");
+}
+
+/// An update of 711 bytes, maps nested 100 deep that each declare 2^22 entries and
+/// are cut short: refused on the first count its bytes cannot hold, in the room's
+/// document, the entity document and a save file alike (it cost 800 MiB).
+#[test]
+fn nested_maps_declaring_millions_of_entries_cost_their_size() {
+    let update = nested_map_bomb();
+    assert_eq!(update.len(), 711);
+    for (doc, kind) in [(0, 1), (0, 2), (1, 1), (1, 2)] {
+        let body = doc_body(doc, kind, &update);
+        let (result, peak) = peak_during(|| decode_doc_message(&body));
+        assert_eq!(result, Err(DropReason::Malformed), "doc {doc}, kind {kind}");
+        assert!(peak < 4 * 1024, "{peak} bytes");
+    }
+
+    // A save holding it: the right magic, format and checksum.
+    let mut save = b"BPSY".to_vec();
+    save.push(1);
+    save.extend(7u64.to_le_bytes());
+    save.push(1);
+    save.push(1);
+    save.extend((update.len() as u32).to_le_bytes());
+    save.extend(&update);
+    save.extend(crc32fast::hash(&save).to_le_bytes());
+    let (result, peak) = peak_during(|| decode_save(&save).map(|_| ()));
+    assert!(result.is_err());
+    assert!(peak < 4 * 1024, "{peak} bytes");
+
+    let mut room = TestRoom::new(92);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    for kind in [1, 2] {
+        inject(&mut room, a, b, doc_body(0, kind, &update));
+        inject(&mut room, a, b, doc_body(1, kind, &update));
+    }
+    let ((), peak) = peak_during(|| room.app_mut(b).update());
+    assert_eq!(dropped(&mut room, b, DropReason::Malformed), 4);
+    assert!(peak < 1024 * 1024, "{peak} bytes in the frame");
+}
+
+/// A key whose length is written in six bytes (2^35 to a 64-bit reader, 8 to yrs'
+/// wrapping 32-bit one), followed by a value nested a million deep: the old depth
+/// check gave up on the impossible length and let yrs decode the nesting by
+/// recursion, which overflows the stack and aborts the process. Refused as written.
+#[test]
+fn a_length_that_yrs_would_wrap_does_not_smuggle_deep_nesting_past_the_check() {
+    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm'];
+    update.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    update.extend(b"kkkkkkkk");
+    update.push(1);
+    for _ in 0..1_000_000 {
+        update.extend([117, 1]);
+    }
+    update.extend([126, 0]);
+    for kind in [1, 2] {
+        assert_eq!(
+            decode_doc_message(&doc_body(0, kind, &update)),
+            Err(DropReason::Malformed)
+        );
+    }
+}
+
+/// 100 y-sync step 1s of 7 bytes each, asking a peer that holds a 512 KiB document
+/// for everything: answered once, not once each (it sent 50 MiB in one frame, an
+/// amplification of 75,000); more asks within seconds wait.
+#[test]
+fn a_flood_of_step_1s_is_answered_once() {
+    let mut room = TestRoom::new(93);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    {
+        let doc = room.app(b).world().resource::<SharedDoc>();
+        let text = doc.text("big");
+        let chunk = "0123456789abcdef".repeat(64);
+        let mut txn = doc.transact_mut();
+        for n in 0..512 {
+            bevy_peer_sync::yrs::Text::insert(&text, &mut txn, n * chunk.len() as u32, &chunk);
+        }
+    }
+    room.step_n(5);
+    let size = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .encode_state()
+        .len();
+    assert!(size >= 512 * 1024, "{size}");
+    let sent = |room: &mut TestRoom| {
+        let world = room.app_mut(b).world_mut();
+        world
+            .query::<&PeerStats>()
+            .iter(world)
+            .map(|s| s.channel(Channel::Reliable).bytes_out)
+            .sum::<u64>()
+    };
+    let before = sent(&mut room);
+    let ask_all = doc_body(0, 0, &[0]);
+    assert_eq!(ask_all.len() + 2, 7);
+    for _ in 0..100 {
+        inject(&mut room, a, b, ask_all.clone());
+    }
+    room.step();
+    let answered = sent(&mut room) - before;
+    assert!(answered >= size as u64, "answered {answered}");
+    assert!(answered < 2 * size as u64, "answered {answered} for {size}");
+    // Asked again every frame for a second: at most one more whole answer.
+    for _ in 0..60 {
+        inject(&mut room, a, b, ask_all.clone());
+        room.step();
+    }
+    let answered = sent(&mut room) - before;
+    assert!(answered < 3 * size as u64, "answered {answered} for {size}");
+    assert!(dropped(&mut room, b, DropReason::OverBudget) >= 99);
+}
+
+#[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq, Debug)]
+struct Score(u32);
+
+fn with_score(app: &mut App) {
+    app.sync_component::<Score>(Route::Durable);
+}
+
+/// 256 live entity updates of 24 bytes that can never complete (they build on an
+/// item nobody has), sent to a peer holding 2,000 entities: the shadow the ownership
+/// check tries updates on is rebuilt at most once a frame (it was rebuilt for each,
+/// every frame: the frame took 9-14 s), and an honest owner's edit still arrives.
+#[test]
+fn updates_that_never_complete_cost_one_shadow_rebuild_a_frame() {
+    use bevy_peer_sync::durable::EntityDoc;
+    use bevy_peer_sync::internals::shadow_rebuilds;
+
+    let mut room = TestRoom::new(94);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    let c = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    let first = room
+        .app_mut(a)
+        .world_mut()
+        .spawn((Replicated, Score(0)))
+        .id();
+    for n in 1..2_000 {
+        room.app_mut(a).world_mut().spawn((Replicated, Score(n)));
+    }
+    assert!(room.step_until(30, |room| {
+        room.app(b).world().resource::<NetEntities>().len() == 2_000
+    }));
+    let hostile = room.app(c).world().resource::<LocalPeer>().replica().0;
+    let mut update = vec![1, 1];
+    varint(&mut update, hostile);
+    update.extend([0, 0b1000_0000 | 4]);
+    varint(&mut update, 999);
+    update.extend([0, 1, b'x', 0]);
+    assert!(update.len() <= 24, "{}", update.len());
+    for _ in 0..256 {
+        inject(&mut room, c, b, doc_body(1, 2, &update));
+    }
+    room.step();
+    let rebuilds = |room: &TestRoom| shadow_rebuilds(room.app(b).world().resource::<EntityDoc>());
+    for _ in 0..5 {
+        let before = rebuilds(&room);
+        room.step();
+        assert!(
+            rebuilds(&room) - before <= 1,
+            "rebuilt {} times in a frame",
+            rebuilds(&room) - before
+        );
+    }
+    // The honest owner's edit goes through meanwhile.
+    room.app_mut(a)
+        .world_mut()
+        .get_mut::<Score>(first)
+        .unwrap()
+        .0 = 77;
+    let id = *room.app(a).world().get::<NetId>(first).unwrap();
+    assert!(room.step_until(10, |room| {
+        let world = room.app(b).world();
+        let entity = world.resource::<NetEntities>().entity(id).unwrap();
+        world.get::<Score>(entity) == Some(&Score(77))
+    }));
+}
