@@ -97,6 +97,21 @@
 //! # let _ = entity;
 //! ```
 //!
+//! A type is stored and sent under its name without module path (`Score` above), so
+//! moving it to another module changes nothing on the wire or on disk; pin a name of
+//! your own with `Route::Durable.named("score")` (see [`registry`]).
+//!
+//! ## Peer data
+//!
+//! Every peer is the server of the others, so what a peer sends is refused and
+//! counted on its [`PeerStats`](net::stats::PeerStats) before it costs more than a
+//! small multiple of its size: document messages pass a check that reads them as
+//! yrs would before yrs reads any byte (every count and length within the bytes,
+//! nesting bounded, the estimated cost at most 32 bytes per byte), y-sync step 1s are
+//! answered at most every 250 ms per peer (whole documents every 3 s), and live
+//! entity updates that wait for their ownership are held within per-peer limits. The
+//! README lists every limit, its default and what happens when it is hit.
+//!
 //! ## Layout
 //!
 //! | module | what |

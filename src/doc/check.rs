@@ -22,6 +22,8 @@
 //! "Cannot tell" is a refusal: a layout this reader does not know is refused, never
 //! passed to yrs to judge.
 
+use bevy::platform::collections::{HashMap, HashSet};
+
 use super::nesting::MAX_ANY_DEPTH;
 
 /// Estimated heap bytes yrs may allocate per byte of input, at most (see
@@ -29,8 +31,12 @@ use super::nesting::MAX_ANY_DEPTH;
 /// (about 14 for a document of many small edits); the smallest hostile elements cost
 /// more (an item of four bytes, about 44).
 pub(crate) const COST_PER_BYTE: usize = 32;
-/// Estimated heap bytes any input may cost besides its per-byte allowance.
-pub(crate) const COST_SLACK: usize = 64 * 1024;
+/// Estimated heap bytes any input may cost besides its per-byte allowance (a run of a
+/// frame's worth of typing, merged, costs yrs quadratically in the run: see
+/// [`Walk::run`]).
+pub(crate) const COST_SLACK: usize = 1024 * 1024;
+/// Shared types nested in one another within one update, at most.
+pub(crate) const MAX_TYPE_DEPTH: u32 = 32;
 
 /// Client ids are JavaScript-safe integers (below 2^53), as yrs makes them.
 const MAX_CLIENT: u64 = (1 << 53) - 1;
@@ -98,6 +104,7 @@ impl<'a> Reader<'a> {
         self.bytes.len() - self.at
     }
 
+    #[inline(always)]
     fn charge(&mut self, cost: usize) -> Checked<()> {
         self.cost = self.cost.saturating_add(cost);
         if self.cost > self.limit {
@@ -106,6 +113,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    #[inline(always)]
     fn u8(&mut self) -> Checked<u8> {
         let byte = *self.bytes.get(self.at).ok_or(Refusal::Layout)?;
         self.at += 1;
@@ -113,7 +121,43 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned varint of at most `max_bytes` bytes whose value fits `max_bits`.
+    #[inline(always)]
     fn var(&mut self, max_bytes: usize, max_bits: u32) -> Checked<u64> {
+        // Most are one byte.
+        if let Some(&byte) = self.bytes.get(self.at)
+            && byte < 0x80
+        {
+            self.at += 1;
+            return Ok(u64::from(byte));
+        }
+        self.var_long(max_bytes, max_bits)
+    }
+
+    fn var_long(&mut self, max_bytes: usize, max_bits: u32) -> Checked<u64> {
+        // Up to eight bytes at once (a client id takes eight): where the first byte
+        // without the high bit is, then its 7-bit groups packed together. Every field
+        // this reader takes fits eight bytes (at most 53 bits).
+        if let Some(word) = self.bytes.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            let ends = !word & 0x8080_8080_8080_8080;
+            if ends == 0 {
+                return Err(Refusal::Layout);
+            }
+            let len = ends.trailing_zeros() as usize / 8 + 1;
+            if len > max_bytes {
+                return Err(Refusal::Layout);
+            }
+            let mut value = 0;
+            for i in 0..len {
+                value |= ((word >> (8 * i)) & 0x7f) << (7 * i);
+            }
+            // Bits past `max_bits` would be lost (or wrapped) by yrs' reader.
+            if max_bits < 64 && value >> max_bits != 0 {
+                return Err(Refusal::Layout);
+            }
+            self.at += len;
+            return Ok(value);
+        }
         let mut value = 0u64;
         for i in 0..max_bytes {
             let byte = self.u8()?;
@@ -202,22 +246,36 @@ pub(crate) fn update(bytes: &[u8]) -> Checked<()> {
     update_cost(bytes).map(|_| ())
 }
 
+/// What reading an update's blocks keeps track of.
+#[derive(Default)]
+struct Walk {
+    /// Shared types created in this update, by id: how deeply each is nested.
+    types: HashMap<(u64, u64), u32>,
+    /// The run of items of one client, each continuing the last, that yrs squashes
+    /// into one when the transaction commits: `(content kind, content bytes so far)`.
+    /// Squashing copies the run's content into each item from the right, and frees
+    /// the copies only at the end: a cost of the square of the run, charged as the
+    /// run grows.
+    run: Option<(u8, usize)>,
+}
+
 /// [`update`], and the estimated cost of the update.
 fn update_cost(bytes: &[u8]) -> Checked<usize> {
     let mut r = Reader::new(bytes);
     let clients = r.count(3)?;
-    let mut seen: Vec<u64> = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut walk = Walk::default();
     for _ in 0..clients {
         let blocks = r.count(2)?;
         let client = r.client()?;
-        if blocks == 0 || seen.contains(&client) {
+        if blocks == 0 || !seen.insert(client) {
             return Err(Refusal::Unsafe);
         }
-        seen.push(client);
         r.charge(Cost::CLIENT)?;
+        walk.run = None;
         let mut clock = r.clock()?;
         for _ in 0..blocks {
-            let len = block(&mut r, client, clock)?;
+            let len = block(&mut r, &mut walk, client, clock)?;
             clock = clock.checked_add(len).ok_or(Refusal::Unsafe)?;
             if len == 0 || clock > MAX_CLOCK {
                 return Err(Refusal::Unsafe);
@@ -230,9 +288,10 @@ fn update_cost(bytes: &[u8]) -> Checked<usize> {
 }
 
 /// One block of `client` starting at `clock`; its length in clock ticks.
-fn block(r: &mut Reader, client: u64, clock: u64) -> Checked<u64> {
+fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u64> {
     let info = r.u8()?;
     if info == GC {
+        walk.run = None;
         r.charge(Cost::GC)?;
         return r.u32();
     }
@@ -242,6 +301,7 @@ fn block(r: &mut Reader, client: u64, clock: u64) -> Checked<u64> {
         return Err(Refusal::Unsafe);
     }
     r.charge(Cost::ITEM)?;
+    let mut left = None;
     for flag in [HAS_ORIGIN, HAS_RIGHT_ORIGIN] {
         if info & flag != 0 {
             let origin = r.client()?;
@@ -249,42 +309,65 @@ fn block(r: &mut Reader, client: u64, clock: u64) -> Checked<u64> {
             if origin == client && origin_clock >= clock {
                 return Err(Refusal::Unsafe);
             }
+            if flag == HAS_ORIGIN {
+                left = Some((origin, origin_clock));
+            }
         }
     }
+    // How deeply a shared type in this item would nest: below its parent (named by
+    // id), or beside its left origin.
+    let mut depth = 1;
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         match r.u32()? {
             1 => {
                 r.string()?; // a root type's name
             }
             0 => {
-                r.client()?; // the parent's id
-                r.clock()?;
+                let parent = (r.client()?, r.clock()?);
+                depth = walk.types.get(&parent).map_or(1, |d| d + 1);
             }
             _ => return Err(Refusal::Layout),
         }
         if info & HAS_PARENT_SUB != 0 {
             r.string()?;
         }
+    } else if let Some(origin) = left {
+        depth = walk.types.get(&origin).copied().unwrap_or(1);
     }
-    content(r, info & 0b1111)
+    let kind = info & 0b1111;
+    let start = r.at;
+    let len = content(r, kind)?;
+    if kind == 7 {
+        if depth > MAX_TYPE_DEPTH {
+            return Err(Refusal::Unsafe);
+        }
+        walk.types.insert((client, clock), depth);
+    }
+    // Squashed with the item before it at commit when it continues it.
+    let bytes = r.at - start;
+    let continues = left == Some((client, clock.wrapping_sub(1)));
+    walk.run = match walk.run {
+        Some((run_kind, so_far)) if continues && run_kind == kind => {
+            let so_far = so_far + bytes;
+            r.charge(so_far)?;
+            Some((kind, so_far))
+        }
+        _ => Some((kind, bytes)),
+    };
+    Ok(len)
 }
 
 /// An item's content; its length in clock ticks.
 fn content(r: &mut Reader, kind: u8) -> Checked<u64> {
     match kind {
         1 => r.u32(), // deleted
-        2 => {
-            // JSON strings: one more than the count says (as yrs reads them).
-            let count = r.count(1)?;
-            for _ in 0..=count {
-                r.string()?;
-            }
-            Ok(count + 1)
-        }
+        // JSON strings: yrs reads one more than it writes, so an item of them would
+        // not survive being relayed; yrs itself never makes one.
+        2 => Err(Refusal::Unsafe),
         3 => r.buf().map(|_| 1), // binary
         4 => {
             let text = r.string()?;
-            Ok(text.encode_utf16().count() as u64)
+            Ok(super::v1::utf16_len(text.as_bytes()))
         }
         5 => r.string().map(|_| 1), // embed (JSON)
         6 => {
@@ -378,21 +461,24 @@ fn any(r: &mut Reader) -> Checked<()> {
 /// The delete set at the end of an update.
 fn delete_set(r: &mut Reader) -> Checked<()> {
     let clients = r.count(2)?;
-    let mut seen: Vec<u64> = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
     for _ in 0..clients {
         let client = r.client()?;
-        if seen.contains(&client) {
+        if !seen.insert(client) {
             return Err(Refusal::Unsafe);
         }
-        seen.push(client);
         r.charge(Cost::CLIENT)?;
         let ranges = r.count(2)?;
+        // Each range after the last, not overlapping it: yrs looks ranges up as if so,
+        // and visits every block of each.
+        let mut end = 0;
         for _ in 0..ranges {
             let clock = r.clock()?;
             let len = r.u32()?;
-            if len == 0 || clock + len > MAX_CLOCK {
+            if len == 0 || clock + len > MAX_CLOCK || clock < end {
                 return Err(Refusal::Unsafe);
             }
+            end = clock + len;
             r.charge(Cost::RANGE)?;
         }
     }
@@ -403,14 +489,13 @@ fn delete_set(r: &mut Reader) -> Checked<()> {
 pub(crate) fn state_vector(bytes: &[u8]) -> Checked<()> {
     let mut r = Reader::new(bytes);
     let clients = r.count(2)?;
-    let mut seen: Vec<u64> = Vec::new();
+    let mut seen: HashSet<u64> = HashSet::new();
     for _ in 0..clients {
         let client = r.client()?;
         r.clock()?;
-        if seen.contains(&client) {
+        if !seen.insert(client) {
             return Err(Refusal::Unsafe);
         }
-        seen.push(client);
         r.charge(Cost::CLIENT)?;
     }
     r.end()
@@ -428,9 +513,10 @@ pub(crate) enum SyncKind {
 }
 
 /// Checks a y-sync message (`yrs::sync::Message::Sync`, lib0 v1): the outer and inner
-/// tags, the payload's length, and the payload itself (a state vector, or an update).
-/// Every other message kind (awareness, auth, custom) is refused: this crate sends
-/// none of them.
+/// tags, the payload's length, and a step 1's state vector (which yrs decodes with the
+/// message). A step 2's or update's payload is only copied by yrs' message decoder;
+/// [`update`] checks it before it is decoded (see `decode_update`). Every other message
+/// kind (awareness, auth, custom) is refused: this crate sends none of them.
 pub(crate) fn sync_message(bytes: &[u8]) -> Checked<SyncKind> {
     let mut r = Reader::new(bytes);
     if r.u8()? != 0 {
@@ -444,9 +530,8 @@ pub(crate) fn sync_message(bytes: &[u8]) -> Checked<SyncKind> {
     };
     let payload = r.buf()?;
     r.end()?;
-    match kind {
-        SyncKind::Step1 => state_vector(payload)?,
-        SyncKind::Step2 | SyncKind::Update => update(payload)?,
+    if kind == SyncKind::Step1 {
+        state_vector(payload)?;
     }
     Ok(kind)
 }
@@ -581,6 +666,64 @@ mod tests {
         assert_eq!(
             state_vector(&[0x80, 0x80, 0x80, 0x10]),
             Err(Refusal::Layout)
+        );
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use std::time::Instant;
+
+    use yrs::updates::decoder::Decode;
+    use yrs::{Any, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, Update};
+
+    /// How long the check takes against yrs decoding and applying the same update.
+    /// Prints; asserts nothing (`cargo test --release -- --ignored --nocapture speed`).
+    #[test]
+    #[ignore]
+    fn speed_of_the_check_against_yrs() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("entities");
+        {
+            let mut txn = doc.transact_mut();
+            for n in 0..20_000u32 {
+                text.insert(&mut txn, (n * 7) % (n + 1), "ab");
+            }
+            for n in 0..1_000u32 {
+                let entity = map.insert(&mut txn, format!("e-{n}"), MapPrelim::default());
+                entity.insert(&mut txn, "owner", "00ff00ff");
+                let components = entity.insert(&mut txn, "components", MapPrelim::default());
+                let card = components.insert(&mut txn, "Card", MapPrelim::default());
+                card.insert(&mut txn, "x", Any::from(f64::from(n)));
+                card.insert(&mut txn, "label", "a card");
+            }
+        }
+        let whole = doc.transact().encode_diff_v1(&StateVector::default());
+        let best = |f: &dyn Fn()| {
+            (0..20)
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let check = best(&|| assert!(super::update(&whole).is_ok()));
+        let decode = best(&|| {
+            Update::decode_v1(&whole).unwrap();
+        });
+        let apply = best(&|| {
+            let fresh = Doc::new();
+            fresh
+                .transact_mut()
+                .apply_update(Update::decode_v1(&whole).unwrap())
+                .unwrap();
+        });
+        println!(
+            "{} bytes: check {check:?}, yrs decode {decode:?}, yrs decode + apply {apply:?}",
+            whole.len()
         );
     }
 }

@@ -213,7 +213,11 @@ impl SyncedDoc {
                     continue;
                 }
                 applied += 1;
-                txn.apply_update(update).map_err(|e| e.to_string())?;
+                // One that yrs refuses part-way (a parent that is not a type, say) keeps
+                // what it integrated; the frame's other updates still go in.
+                if let Err(error) = txn.apply_update(update) {
+                    debug!("yrs refused part of a remote update: {error}");
+                }
                 // What waited for it may follow now, in the order it came.
                 while !waiting.is_empty() {
                     let known = txn.state_vector();
@@ -223,7 +227,9 @@ impl SyncedDoc {
                     };
                     let (update, _) = waiting.remove(ready);
                     applied += 1;
-                    txn.apply_update(update).map_err(|e| e.to_string())?;
+                    if let Err(error) = txn.apply_update(update) {
+                        debug!("yrs refused part of a remote update: {error}");
+                    }
                 }
             }
             Ok(())

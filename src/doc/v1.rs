@@ -178,7 +178,7 @@ pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
 /// character, two for those outside the basic plane (the four-byte ones). That is
 /// its bytes, less the continuation bytes (`10xxxxxx`), plus the four-byte leaders
 /// (`11110xxx`), counted eight bytes at a time.
-fn utf16_len(text: &[u8]) -> u64 {
+pub(crate) fn utf16_len(text: &[u8]) -> u64 {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let count = |b: &u8| -(i64::from(b & 0xc0 == 0x80)) + i64::from(b >= &0xf0);
     let mut words = text.chunks_exact(8);

@@ -103,7 +103,7 @@ impl Shadow {
     pub(super) fn rebuild(&mut self, main: &Doc) {
         // The integrated state, then the main document's pending updates as they are
         // (merging them into the state's encoding would put "skips" in the shadow's
-        // block store; see `shared_doc::leaves_hole`).
+        // block store; see `doc::leaves_hole`).
         let mut updates = Vec::new();
         {
             let txn = main.transact();

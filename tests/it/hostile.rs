@@ -279,3 +279,62 @@ fn updates_that_never_complete_cost_one_shadow_rebuild_a_frame() {
         world.get::<Score>(entity) == Some(&Score(77))
     }));
 }
+
+/// Shared types nested in one another, each the parent of the next, 100,000 deep in
+/// one update with the outermost deleted: yrs deletes nested types by recursion and
+/// the stack overflows. Refused past 32 levels.
+#[test]
+fn types_nested_deep_in_one_update_are_refused() {
+    let levels = 100_000u64;
+    let mut update = vec![1];
+    varint(&mut update, levels);
+    update.extend([1, 0]);
+    update.extend([7, 1, 1, b'a', 0]); // an array under root `a`, at clock 0
+    for k in 1..levels {
+        update.extend([7, 0, 1]); // an array whose parent is (client 1, k - 1)
+        varint(&mut update, k - 1);
+        update.push(0);
+    }
+    update.extend([1, 1, 1, 0, 1]); // delete (1, 0)
+    for kind in [1, 2] {
+        assert_eq!(
+            decode_doc_message(&doc_body(0, kind, &update)),
+            Err(DropReason::Malformed)
+        );
+    }
+}
+
+/// JSON content (which yrs reads one string longer than it writes, so one relayed
+/// item of it would make every later catch-up unreadable) is refused.
+#[test]
+fn json_content_is_refused() {
+    // One item under root `t`: JSON, count 0, one string "x".
+    let update = [1, 1, 1, 0, 2, 1, 1, b't', 0, 1, b'x', 0];
+    assert_eq!(
+        decode_doc_message(&doc_body(0, 2, &update)),
+        Err(DropReason::Malformed)
+    );
+}
+
+/// 100,000 text items in a row, each continuing the last: yrs squashes them into one
+/// at commit, copying the run into every item from the right (10 GB for this 800 KB).
+/// The run's cost is charged as it grows, and the update refused.
+#[test]
+fn a_run_that_yrs_would_squash_quadratically_is_refused() {
+    let items = 100_000u64;
+    let mut update = vec![1];
+    varint(&mut update, items);
+    update.extend([1, 0]);
+    update.extend([4, 1, 1, b't', 2, b'a', b'a']);
+    for k in 1..items {
+        update.extend([0b1000_0100, 1]);
+        varint(&mut update, 2 * k - 1);
+        update.extend([2, b'a', b'a']);
+    }
+    update.push(0);
+    let body = doc_body(0, 2, &update);
+    let (result, peak) = peak_during(|| decode_doc_message(&body));
+    assert_eq!(result, Err(DropReason::OverBudget));
+    // yrs' message decoder copies the payload once before the update is checked.
+    assert!(peak < body.len() + 64 * 1024, "{peak} bytes for {}", body.len());
+}
