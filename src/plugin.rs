@@ -106,7 +106,10 @@ impl PeerSyncPlugin {
     /// Checks the configuration without building: the same checks `build` makes.
     pub fn try_validate(&self) -> Result<(), PeerSyncError> {
         match &self.transport {
-            TransportChoice::Matchbox(config) => config.resolved_ice_servers().map(|_| ()),
+            TransportChoice::Matchbox(config) => config
+                .resolved_ice_servers()
+                .map(|_| ())
+                .map_err(PeerSyncError::from),
             TransportChoice::Memory(_) | TransportChoice::Custom => Ok(()),
         }
     }

@@ -14,8 +14,41 @@ pub(crate) mod wire;
 pub use wire::{PROTOCOL_VERSION, SAFE_UNRELIABLE_SIZE, WireLimits};
 
 use bevy::prelude::*;
+use thiserror::Error;
 
 use crate::schedule::{PeerSyncSystems, StageAppExt, Step};
+
+/// What the network layer refuses to start with, and what to do about it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The room URL could not be understood.
+    #[error("room url `{url}` is not a ws:// or wss:// url with a host: {reason}")]
+    InvalidRoomUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A room on another machine needs an explicit ICE server choice.
+    #[error(
+        "room `{url}` is not on this machine, so ICE servers must be chosen: call \
+         `.with_ice_servers(...)` with your STUN/TURN servers, `.with_public_stun()` to opt in to \
+         matchbox's public STUN default, or `.without_ice_servers()` for a LAN"
+    )]
+    IceServersNotChosen {
+        /// The room URL.
+        url: String,
+    },
+    /// The signaling server could not start.
+    #[error("signaling server could not start on `{addr}`: {reason}")]
+    Signaling {
+        /// The address it tried to bind.
+        addr: String,
+        /// The underlying error.
+        reason: String,
+    },
+}
 
 /// Adds the peers, the session with each and its systems. Part of
 /// [`crate::PeerSyncPlugin`].

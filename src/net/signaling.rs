@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use matchbox_signaling::SignalingServer;
 use tokio::sync::oneshot;
 
-use crate::error::PeerSyncError;
+use crate::net::NetError;
 
 /// A signaling server running on a thread of its own. Dropping it stops the server.
 #[derive(Debug)]
@@ -63,9 +63,9 @@ impl Drop for LocalSignalingServer {
 /// thread of its own, and returns once it listens.
 pub fn start_signaling_server(
     addr: impl Into<SocketAddr>,
-) -> Result<LocalSignalingServer, PeerSyncError> {
+) -> Result<LocalSignalingServer, NetError> {
     let addr = addr.into();
-    let fail = |reason: String| PeerSyncError::Signaling {
+    let fail = |reason: String| NetError::Signaling {
         addr: addr.to_string(),
         reason,
     };

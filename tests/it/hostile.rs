@@ -336,5 +336,9 @@ fn a_run_that_yrs_would_squash_quadratically_is_refused() {
     let (result, peak) = peak_during(|| decode_doc_message(&body));
     assert_eq!(result, Err(DropReason::OverBudget));
     // yrs' message decoder copies the payload once before the update is checked.
-    assert!(peak < body.len() + 64 * 1024, "{peak} bytes for {}", body.len());
+    assert!(
+        peak < body.len() + 64 * 1024,
+        "{peak} bytes for {}",
+        body.len()
+    );
 }

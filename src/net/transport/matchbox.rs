@@ -16,7 +16,7 @@ use bevy::prelude::*;
 use bevy_matchbox::MatchboxSocket;
 use matchbox_socket::{ChannelConfig, PeerState, RtcIceServerConfig, WebRtcSocketBuilder};
 
-use crate::error::PeerSyncError;
+use crate::net::NetError;
 use crate::net::connection::{ReconnectPolicy, SetOnline};
 use crate::net::transport::{
     BackendStatus, Channel, LinkEvent, Packet, TransportIo, TransportSystems,
@@ -64,11 +64,11 @@ impl MatchboxConfig {
     }
 
     /// The ICE servers the socket will be built with, or why it cannot be built.
-    pub fn resolved_ice_servers(&self) -> Result<Option<RtcIceServerConfig>, PeerSyncError> {
+    pub fn resolved_ice_servers(&self) -> Result<Option<RtcIceServerConfig>, NetError> {
         let host = room_host(&self.room_url)?;
         match &self.ice_servers {
             IceServers::Unchosen if is_local_host(host) => Ok(Some(no_ice_servers())),
-            IceServers::Unchosen => Err(PeerSyncError::IceServersNotChosen {
+            IceServers::Unchosen => Err(NetError::IceServersNotChosen {
                 url: self.room_url.clone(),
             }),
             IceServers::None => Ok(Some(no_ice_servers())),
@@ -77,7 +77,7 @@ impl MatchboxConfig {
         }
     }
 
-    fn builder(&self) -> Result<WebRtcSocketBuilder, PeerSyncError> {
+    fn builder(&self) -> Result<WebRtcSocketBuilder, NetError> {
         let ice = self.resolved_ice_servers()?;
         let mut builder = WebRtcSocketBuilder::new(self.room_url.clone())
             .reconnect_attempts(self.reconnect_attempts)
@@ -100,8 +100,8 @@ fn no_ice_servers() -> RtcIceServerConfig {
 }
 
 /// The host part of a `ws://` or `wss://` url.
-pub(crate) fn room_host(url: &str) -> Result<&str, PeerSyncError> {
-    let invalid = |reason| PeerSyncError::InvalidRoomUrl {
+pub(crate) fn room_host(url: &str) -> Result<&str, NetError> {
+    let invalid = |reason| NetError::InvalidRoomUrl {
         url: url.to_owned(),
         reason,
     };
@@ -362,7 +362,7 @@ mod tests {
         let config = MatchboxConfig::new("wss://match.example.com/room");
         assert!(matches!(
             config.resolved_ice_servers(),
-            Err(PeerSyncError::IceServersNotChosen { .. })
+            Err(NetError::IceServersNotChosen { .. })
         ));
         let config = MatchboxConfig {
             ice_servers: IceServers::PublicStun,
@@ -371,7 +371,7 @@ mod tests {
         assert!(config.resolved_ice_servers().unwrap().is_none());
         assert!(matches!(
             MatchboxConfig::new("http://x/").resolved_ice_servers(),
-            Err(PeerSyncError::InvalidRoomUrl { .. })
+            Err(NetError::InvalidRoomUrl { .. })
         ));
     }
 }
