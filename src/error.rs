@@ -54,6 +54,9 @@ pub enum SaveError {
     /// A document id this build does not know, or one that appears twice.
     #[error("unexpected document `{0}`")]
     UnknownDocument(u8),
+    /// A replica id past [`ReplicaId::MAX`](crate::net::peer::ReplicaId::MAX).
+    #[error("replica id `{0:x}` is past 2^53 - 1")]
+    Replica(u64),
     /// Bytes after the last section.
     #[error("trailing bytes after the last document")]
     TrailingBytes,

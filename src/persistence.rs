@@ -215,6 +215,9 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
         return Err(SaveError::Checksum);
     }
     let replica = ReplicaId(u64::from_le_bytes(body[5..13].try_into().expect("8 bytes")));
+    if !replica.is_valid() {
+        return Err(SaveError::Replica(replica.0));
+    }
     let count = body[13];
     let mut at = 14;
     let mut save = DecodedSave {

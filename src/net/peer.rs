@@ -50,14 +50,26 @@ impl fmt::Display for ReplicaId {
 }
 
 impl ReplicaId {
-    /// A fresh random id. yrs client ids are 53-bit (JavaScript-safe), and so is this.
+    /// The largest replica id: ids are yrs client ids, which stay below 2^53 so that
+    /// JavaScript reads them exactly (and peers refuse updates from larger ones).
+    pub const MAX: u64 = (1 << 53) - 1;
+
+    /// A fresh random id, below [`ReplicaId::MAX`].
     pub fn random() -> Self {
         Self(yrs::block::ClientID::random().get())
     }
 
-    /// Parses the [`Display`](fmt::Display) form.
+    /// Parses the [`Display`](fmt::Display) form; `None` past [`ReplicaId::MAX`].
     pub fn parse(text: &str) -> Option<Self> {
-        u64::from_str_radix(text, 16).ok().map(Self)
+        u64::from_str_radix(text, 16)
+            .ok()
+            .filter(|id| *id <= Self::MAX)
+            .map(Self)
+    }
+
+    /// Whether this id is one a replica can have (at most [`ReplicaId::MAX`]).
+    pub fn is_valid(self) -> bool {
+        self.0 <= Self::MAX
     }
 }
 
@@ -153,7 +165,14 @@ impl LocalPeer {
     /// A local peer with a chosen replica id (tests pin it for reproducible runs; a
     /// game may persist it to keep ownership across restarts). Insert it before
     /// adding [`crate::PeerSyncPlugin`].
+    ///
+    /// # Panics
+    /// If `replica` is past [`ReplicaId::MAX`]: every peer would refuse its edits.
     pub fn with_replica(replica: ReplicaId) -> Self {
+        assert!(
+            replica.is_valid(),
+            "replica id `{replica}` is past 2^53 - 1; replica ids are yrs client ids, which peers refuse past it"
+        );
         Self { id: None, replica }
     }
 
@@ -237,4 +256,21 @@ pub struct PeerRejected {
     pub peer: PeerId,
     /// Why.
     pub reason: RejectReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replica ids are yrs client ids: past 2^53 - 1 they are refused where they enter.
+    #[test]
+    fn replica_ids_stay_below_2_pow_53() {
+        assert!(ReplicaId::random().is_valid());
+        assert_eq!(
+            ReplicaId::parse("1fffffffffffff"),
+            Some(ReplicaId(ReplicaId::MAX))
+        );
+        assert_eq!(ReplicaId::parse("20000000000000"), None);
+        assert!(std::panic::catch_unwind(|| LocalPeer::with_replica(ReplicaId(1 << 53))).is_err());
+    }
 }

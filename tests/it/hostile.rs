@@ -342,3 +342,48 @@ fn a_run_that_yrs_would_squash_quadratically_is_refused() {
         body.len()
     );
 }
+
+/// A hello claiming a replica id past 2^53 (not a yrs client id: every peer would
+/// refuse its edits, and JavaScript readers would round it) is refused.
+#[test]
+fn a_hello_with_a_replica_past_2_pow_53_is_refused() {
+    use bevy_peer_sync::internals::wire::Hello;
+
+    let mut room = TestRoom::new(95);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    let registry = room.app(b).world().resource::<SyncRegistry>();
+    let hello = wire::encode(&Message::Hello(Hello {
+        crate_version: "0.1.0".into(),
+        replica: 1 << 53,
+        schema_hash: registry.schema_hash(),
+        schema: registry.schema_strings(),
+        heard: false,
+        waiting: true,
+        fresh: false,
+    }))
+    .unwrap();
+    let b_id = room.peer_id(b).unwrap();
+    // The links open; b's own hello is on its way, and this one comes first.
+    room.step();
+    room.app_mut(a)
+        .world_mut()
+        .resource_mut::<TransportIo>()
+        .insert_received(Packet {
+            peer: b_id,
+            channel: Channel::Reliable,
+            bytes: hello,
+        });
+    let mut rejected: Vec<PeerRejected> = Vec::new();
+    for _ in 0..5 {
+        room.step();
+        let mut messages = room
+            .app_mut(a)
+            .world_mut()
+            .resource_mut::<Messages<PeerRejected>>();
+        rejected.extend(messages.drain());
+    }
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(matches!(rejected[0].reason, RejectReason::Malformed(_)));
+    assert_eq!(room.connected_count(a), 0);
+}

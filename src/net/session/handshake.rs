@@ -215,7 +215,11 @@ impl Hellos<'_, '_> {
     ) -> bool {
         let me = self.local.replica();
         if handshake.theirs.is_none() {
-            let same_replica = (hello.replica == me.0).then_some(RejectReason::SameReplica(me));
+            let same_replica = if !ReplicaId(hello.replica).is_valid() {
+                Some(RejectReason::Malformed("replica id past 2^53 - 1".into()))
+            } else {
+                (hello.replica == me.0).then_some(RejectReason::SameReplica(me))
+            };
             if let Err(reason) =
                 same_replica.map_or_else(|| check_hello(&self.registry, hello), Err)
             {
