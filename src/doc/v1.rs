@@ -106,7 +106,7 @@ pub(crate) struct Block {
 }
 
 /// Reads one block. `measure` asks for its length in clock ticks, which for a string
-/// means counting its UTF-16 code units (the depth needs no such pass).
+/// means counting its UTF-16 code units.
 pub(crate) fn block(r: &mut Reader, measure: bool) -> Option<Block> {
     let info = r.u8()?;
     let flat = |len| Some(Block { len });
@@ -195,18 +195,14 @@ pub(crate) fn utf16_len(text: &[u8]) -> u64 {
     units as u64
 }
 
-/// Nesting of `Any` values that [`any`] stops reading at: deeper is refused anyway
-/// (see [`super::nesting::MAX_ANY_DEPTH`]); this peer's own updates never nest so.
-const STOP_DEPTH: usize = super::nesting::MAX_ANY_DEPTH + 1;
-
-/// One `Any` value, nested ones included, with an explicit stack; its depth. Stops
-/// (returning the depth reached) past [`STOP_DEPTH`].
-fn any(r: &mut Reader) -> Option<usize> {
+/// Reads past one `Any` value, nested ones included, with an explicit stack (this
+/// peer's own updates only: peers' are read by [`check`](super::check), which bounds
+/// their nesting).
+fn any(r: &mut Reader) -> Option<()> {
     // Per open array or map: values still to read in it, and whether each has a key
     // first. Each turn reads one value's header; a non-empty container is opened, and
     // then the next slot is found (closing the containers that are full).
     let mut open: Vec<(u64, bool)> = Vec::new();
-    let mut deepest = 0;
     loop {
         match r.u8()? {
             127 | 126 | 121 | 120 => {} // undefined, null, false, true
@@ -226,13 +222,6 @@ fn any(r: &mut Reader) -> Option<usize> {
                 let len = r.var()?;
                 if len > 0 {
                     open.push((len, tag == 118));
-                    deepest = deepest.max(open.len());
-                    if deepest >= STOP_DEPTH {
-                        // Deep enough to refuse; no need to read on.
-                        return Some(deepest);
-                    }
-                } else {
-                    deepest = deepest.max(open.len() + 1);
                 }
             }
             _ => return None,
@@ -241,7 +230,7 @@ fn any(r: &mut Reader) -> Option<usize> {
         // (unless it opened one); close the containers it fills.
         loop {
             let Some((left, is_map)) = open.last_mut() else {
-                return Some(deepest);
+                return Some(());
             };
             if *left == 0 {
                 open.pop();

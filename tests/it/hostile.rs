@@ -13,6 +13,7 @@ use bevy_peer_sync::testing::TestRoom;
 use bytes::Bytes;
 
 use crate::support::alloc::peak_during;
+use crate::support::drops;
 
 fn varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -66,15 +67,6 @@ fn inject(room: &mut TestRoom, from: usize, to: usize, body: Vec<u8>) {
     }
 }
 
-fn dropped(room: &mut TestRoom, peer: usize, reason: DropReason) -> u64 {
-    let world = room.app_mut(peer).world_mut();
-    world
-        .query::<&PeerStats>()
-        .iter(world)
-        .map(|stats| stats.dropped(reason))
-        .sum()
-}
-
 /// A y-sync step 1 of 10 bytes on the wire whose state vector declares 2^25 entries:
 /// refused before yrs reserves anything (it reserved and zeroed 64 MiB, about 90 ms).
 #[test]
@@ -92,7 +84,7 @@ fn a_state_vector_declaring_millions_of_entries_costs_its_size() {
     room.step_n(3);
     inject(&mut room, a, b, body);
     let ((), peak) = peak_during(|| room.app_mut(b).update());
-    assert_eq!(dropped(&mut room, b, DropReason::Malformed), 1);
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 1);
     assert!(peak < 1024 * 1024, "{peak} bytes in the frame");
 }
 
@@ -133,7 +125,7 @@ fn nested_maps_declaring_millions_of_entries_cost_their_size() {
         inject(&mut room, a, b, doc_body(1, kind, &update));
     }
     let ((), peak) = peak_during(|| room.app_mut(b).update());
-    assert_eq!(dropped(&mut room, b, DropReason::Malformed), 4);
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 4);
     assert!(peak < 1024 * 1024, "{peak} bytes in the frame");
 }
 
@@ -210,7 +202,7 @@ fn a_flood_of_step_1s_is_answered_once() {
     }
     let answered = sent(&mut room) - before;
     assert!(answered < 3 * size as u64, "answered {answered} for {size}");
-    assert!(dropped(&mut room, b, DropReason::OverBudget) >= 99);
+    assert!(drops(&mut room, b, DropReason::OverBudget) >= 99);
 }
 
 #[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq, Debug)]

@@ -12,6 +12,8 @@ use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
+
+use crate::support::drops;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -38,15 +40,6 @@ fn cursor_of(room: &mut TestRoom, peer: usize, id: NetId) -> Option<Cursor> {
         .resource::<NetEntities>()
         .entity(id)?;
     room.app(peer).world().get::<Cursor>(entity).copied()
-}
-
-fn drops(room: &mut TestRoom, peer: usize, reason: DropReason) -> u64 {
-    let world = room.app_mut(peer).world_mut();
-    world
-        .query::<&PeerStats>()
-        .iter(world)
-        .map(|s| s.dropped(reason))
-        .sum()
 }
 
 /// The x of `id`'s `Transform` as `peer` shows it.
