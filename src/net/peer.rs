@@ -93,11 +93,12 @@ pub enum PeerLink {
     Handshaking,
     /// Handshake done; state flows both ways.
     Connected,
-    /// Handshake refused; everything from this peer is dropped.
+    /// Refused (at the handshake, or later for staying over budget), or it refused
+    /// this peer; everything from it is dropped.
     Rejected(RejectReason),
 }
 
-/// Why a peer was refused at the handshake.
+/// Why a peer was refused: at the handshake, or later for staying over its budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RejectReason {
     /// The peer speaks another wire protocol version.
@@ -118,6 +119,12 @@ pub enum RejectReason {
     SameReplica(ReplicaId),
     /// The hello itself was malformed.
     Malformed(String),
+    /// The peer stayed over its budget (see
+    /// [`PeerBudget`](crate::net::session::PeerBudget)): what it sent, against what.
+    OverBudget(String),
+    /// The peer refused this one, for the reason it gave (its own words, not
+    /// checked: a peer may say anything).
+    RefusedByPeer(String),
 }
 
 impl fmt::Display for RejectReason {
@@ -141,6 +148,8 @@ impl fmt::Display for RejectReason {
                 "peer has this peer's own replica id `{replica}`: two apps restored from one save? give each player its own save"
             ),
             Self::Malformed(reason) => write!(f, "malformed hello: {reason}"),
+            Self::OverBudget(what) => write!(f, "over budget: {what}"),
+            Self::RefusedByPeer(reason) => write!(f, "the peer refused this one: {reason}"),
         }
     }
 }
@@ -249,7 +258,9 @@ pub struct PeerLeft {
     pub was_connected: bool,
 }
 
-/// A remote peer was refused at the handshake.
+/// A remote peer was refused, at the handshake or later (see [`RejectReason`]); or it
+/// refused this one ([`RejectReason::RefusedByPeer`]). Nothing more is taken from it.
+/// A peer refused after its handshake also leaves ([`PeerLeft`]).
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 pub struct PeerRejected {
     /// The peer.

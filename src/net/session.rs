@@ -6,6 +6,7 @@
 //! your own bytes to peers on either channel, read [`PayloadReceived`] to get theirs.
 //! The crate's own routes (durable, transient, presence) use the same path.
 
+mod budget;
 mod handshake;
 mod ping;
 
@@ -16,10 +17,13 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use bytes::Bytes;
 
+pub use budget::PeerBudget;
 pub(crate) use handshake::{FreshJoin, Handshake, repeat_hellos};
 pub(crate) use ping::queue_pings;
 
-use crate::net::peer::{LocalPeer, Peer, PeerId, PeerLeft, PeerLink, PeerReplica, Peers};
+use crate::net::peer::{
+    LocalPeer, Peer, PeerId, PeerLeft, PeerLink, PeerReplica, Peers, RejectReason,
+};
 use crate::net::stats::{DropReason, PeerStats};
 use crate::net::transport::{BackendStatus, Channel, LinkEvent, Packet, TransportIo};
 use crate::net::wire::{self, DecodeError, Frame, MAX_DATAGRAM, Message, Reassembler, WireLimits};
@@ -29,6 +33,8 @@ use crate::net::wire::{self, DecodeError, Frame, MAX_DATAGRAM, Message, Reassemb
 pub struct SessionConfig {
     /// Limits applied to what peers send.
     pub limits: WireLimits,
+    /// What each peer may send per second and per frame, and when it is refused.
+    pub budget: PeerBudget,
     /// How often each connected peer is pinged for its round-trip time.
     pub ping_interval: Duration,
 }
@@ -37,6 +43,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             limits: WireLimits::default(),
+            budget: PeerBudget::default(),
             ping_interval: Duration::from_millis(500),
         }
     }
@@ -131,6 +138,16 @@ pub(crate) struct Inbound {
     /// Whether each of the last pings was answered (true) or timed out.
     ping_outcomes: VecDeque<bool>,
     pub(crate) handshake: Handshake,
+    /// What this peer may still send (see [`budget`]).
+    meter: budget::Meter,
+}
+
+impl Inbound {
+    /// Drops what is held of a refused peer's input.
+    fn forget_input(&mut self) {
+        self.reassembler = Reassembler::default();
+        self.meter.clear();
+    }
 }
 
 /// Opens and closes peer entities as the backend reports links.
@@ -201,6 +218,8 @@ pub(crate) struct Receiving<'w, 's> {
         'w,
         's,
         (
+            Entity,
+            &'static Peer,
             &'static mut PeerLink,
             &'static mut PeerStats,
             &'static mut Inbound,
@@ -217,20 +236,39 @@ pub(crate) struct Delivery<'w> {
     payloads: MessageWriter<'w, PayloadReceived>,
 }
 
-/// Decodes every received datagram and routes it.
+/// Decodes every received datagram and routes it, within each peer's budget: reliable
+/// datagrams that waited for budget go first, in order; then what arrived this frame;
+/// then a peer over its budget for too long is refused (see [`budget`]).
 pub(crate) fn receive_packets(
     mut rx: Receiving,
     mut hellos: handshake::Hellos,
     mut delivery: Delivery,
 ) {
     let now = rx.time.elapsed();
-    let packets: Vec<Packet> = rx.io.drain_received().collect();
+    let budget = rx.config.budget;
+    let limits = rx.config.limits;
+    let mut ctx = Handling {
+        hellos: &mut hellos,
+        delivery: &mut delivery,
+        io: &mut rx.io,
+        limits: &limits,
+        now,
+    };
+    for (entity, _, mut link, mut stats, mut inbound) in &mut rx.links {
+        inbound.meter.start_frame(now, &budget);
+        while !matches!(*link, PeerLink::Rejected(_))
+            && let Some(packet) = inbound.meter.next_waiting(&budget)
+        {
+            ctx.handle(packet, entity, &mut link, &mut stats, &mut inbound);
+        }
+    }
+    let packets: Vec<Packet> = ctx.io.drain_received().collect();
     for packet in packets {
         let Some(entity) = rx.peers.entity(packet.peer) else {
             rx.state.from_unknown_peers += 1;
             continue;
         };
-        let Ok((mut link, mut stats, mut inbound)) = rx.links.get_mut(entity) else {
+        let Ok((_, _, mut link, mut stats, mut inbound)) = rx.links.get_mut(entity) else {
             rx.state.from_unknown_peers += 1;
             continue;
         };
@@ -239,35 +277,112 @@ pub(crate) fn receive_packets(
             stats.count_drop(DropReason::Rejected);
             continue;
         }
-        let message = match decode_packet(&packet, &mut inbound.reassembler, &rx.config.limits) {
+        let meter = &mut inbound.meter;
+        meter.start_frame(now, &budget);
+        let packet = match packet.channel {
+            Channel::Unreliable => {
+                if !meter.admit_unreliable(packet.bytes.len(), now, &budget) {
+                    stats.count_drop(DropReason::OverBudget);
+                    continue;
+                }
+                packet
+            }
+            Channel::Reliable => match meter.admit_reliable(packet, &budget) {
+                Some(packet) => packet,
+                None => {
+                    stats.reliable_waited += 1;
+                    continue;
+                }
+            },
+        };
+        ctx.handle(packet, entity, &mut link, &mut stats, &mut inbound);
+    }
+    for (entity, peer, mut link, mut stats, mut inbound) in &mut rx.links {
+        if matches!(*link, PeerLink::Rejected(_)) {
+            continue;
+        }
+        stats.reliable_waiting_bytes = inbound.meter.waiting_bytes();
+        let Some(overrun) = inbound.meter.end_frame(now, &budget) else {
+            continue;
+        };
+        let peer = peer.id;
+        let reason = RejectReason::OverBudget(overrun.describe(&budget));
+        // Told why, on the reliable channel (the link is not `Connected` any more, so
+        // not through the outbox).
+        if let Ok(frame) = wire::encode(&Message::Bye(reason.to_string())) {
+            ctx.io.send(Packet {
+                peer,
+                channel: Channel::Reliable,
+                bytes: frame,
+            });
+        }
+        let replica = inbound.handshake.theirs;
+        ctx.hellos
+            .end_link(peer, entity, &mut link, replica, reason);
+        inbound.forget_input();
+        stats.reliable_waiting_bytes = 0;
+    }
+}
+
+/// What one datagram is handled with.
+struct Handling<'a, 'w, 's, 'd> {
+    hellos: &'a mut handshake::Hellos<'w, 's>,
+    delivery: &'a mut Delivery<'d>,
+    io: &'a mut TransportIo,
+    limits: &'a WireLimits,
+    now: Duration,
+}
+
+impl Handling<'_, '_, '_, '_> {
+    /// Decodes one datagram within budget and routes it: the handshake takes hellos,
+    /// a connected peer's messages go to the routes.
+    fn handle(
+        &mut self,
+        packet: Packet,
+        entity: Entity,
+        link: &mut PeerLink,
+        stats: &mut PeerStats,
+        inbound: &mut Inbound,
+    ) {
+        let now = self.now;
+        let message = match decode_packet(&packet, &mut inbound.reassembler, self.limits) {
             Ok(Some(message)) => message,
-            Ok(None) => continue,
+            Ok(None) => return,
             Err(error) => {
-                hellos.on_bad_datagram(&packet, &error, &mut link);
+                self.hellos.on_bad_datagram(&packet, &error, link);
                 debug!("dropped datagram from peer `{}`: {error}", packet.peer);
                 stats.count_drop(DropReason::from(&error));
-                continue;
+                return;
             }
         };
         let from = packet.peer;
-        if let Message::Hello(hello) = &message {
-            if !hellos.take(
-                from,
-                hello,
-                &mut link,
-                &mut inbound.handshake,
-                &mut rx.io,
-                now,
-            ) {
-                continue;
+        match &message {
+            Message::Hello(hello)
+                if !self
+                    .hellos
+                    .take(from, hello, link, &mut inbound.handshake, self.io, now) =>
+            {
+                return;
             }
-        } else if *link == PeerLink::Handshaking && inbound.handshake.knows_theirs() {
-            // Peers send anything but hellos only once connected, which they are only
-            // once they know we have theirs and they have ours: our answer to their
-            // hello was lost or is still on its way.
-            inbound.handshake.heard_from_them();
+            Message::Hello(_) => {}
+            Message::Bye(reason) => {
+                debug!("peer `{from}` refused this one: {reason}");
+                let replica = inbound.handshake.theirs;
+                let reason = RejectReason::RefusedByPeer(reason.clone());
+                self.hellos.end_link(from, entity, link, replica, reason);
+                inbound.forget_input();
+                return;
+            }
+            _ if *link == PeerLink::Handshaking && inbound.handshake.knows_theirs() => {
+                // Peers send anything but hellos only once connected, which they are
+                // only once they know we have theirs and they have ours: our answer to
+                // their hello was lost or is still on its way.
+                inbound.handshake.heard_from_them();
+            }
+            _ => {}
         }
-        hellos.join_if_ready(from, entity, &mut link, &inbound.handshake);
+        self.hellos
+            .join_if_ready(from, entity, link, &inbound.handshake);
         if *link != PeerLink::Connected {
             if !matches!(message, Message::Hello(_)) {
                 debug!(
@@ -276,15 +391,10 @@ pub(crate) fn receive_packets(
                 );
                 stats.count_drop(DropReason::BeforeHandshake);
             }
-            continue;
+            return;
         }
-        delivery.deliver(
-            message,
-            (from, packet.channel),
-            &mut stats,
-            &mut inbound,
-            now,
-        );
+        self.delivery
+            .deliver(message, (from, packet.channel), stats, inbound, now);
     }
 }
 
@@ -300,7 +410,7 @@ impl Delivery<'_> {
     ) {
         match message {
             // Taken by the handshake.
-            Message::Hello(_) => {}
+            Message::Hello(_) | Message::Bye(_) => {}
             Message::Payload(payload) => {
                 self.payloads.write(PayloadReceived {
                     from,

@@ -79,6 +79,11 @@ pub struct PeerStats {
     /// Bytes per second in the last measured second, per channel (see
     /// [`crate::diagnostics`]).
     pub rates: TrafficRates,
+    /// Reliable datagrams that waited a frame or more for the peer's budget
+    /// ([`crate::net::session::PeerBudget`]): past its rate or its bytes per frame.
+    pub reliable_waited: u64,
+    /// Reliable bytes waiting for the peer's budget at the end of the last frame.
+    pub reliable_waiting_bytes: usize,
 }
 
 /// Bytes per second, per channel and direction, over the last measured second.

@@ -31,7 +31,7 @@ use crate::net::stats::DropReason;
 use crate::net::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Bytes of header in front of every body.
 pub const HEADER_SIZE: usize = 2;
@@ -93,6 +93,8 @@ pub enum Kind {
     Transient = 7,
     /// Presence (awareness) state.
     Presence = 8,
+    /// The sender refuses the recipient from now on, saying why.
+    Bye = 9,
 }
 
 impl Kind {
@@ -106,6 +108,7 @@ impl Kind {
             6 => Self::Doc,
             7 => Self::Transient,
             8 => Self::Presence,
+            9 => Self::Bye,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -113,7 +116,7 @@ impl Kind {
     /// Whether this kind may arrive on `channel`.
     pub fn allowed_on(self, channel: Channel) -> bool {
         match self {
-            Self::Hello | Self::Fragment | Self::Doc => channel == Channel::Reliable,
+            Self::Hello | Self::Fragment | Self::Doc | Self::Bye => channel == Channel::Reliable,
             Self::Ping | Self::Pong | Self::Transient => channel == Channel::Unreliable,
             Self::Payload | Self::Presence => true,
         }
@@ -166,7 +169,13 @@ pub enum Message {
     Transient(Bytes),
     /// A presence update, still encoded (decoded by presence).
     Presence(Bytes),
+    /// The sender refuses the recipient from now on; the reason, at most
+    /// [`MAX_BYE_LEN`] bytes of UTF-8.
+    Bye(String),
 }
+
+/// The longest reason a [`Message::Bye`] carries.
+pub const MAX_BYE_LEN: usize = 1_024;
 
 impl Message {
     /// The kind byte of this message.
@@ -179,6 +188,7 @@ impl Message {
             Self::Doc(_) => Kind::Doc,
             Self::Transient(_) => Kind::Transient,
             Self::Presence(_) => Kind::Presence,
+            Self::Bye(_) => Kind::Bye,
         }
     }
 }
@@ -302,6 +312,13 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
         | Message::Transient(bytes)
         | Message::Presence(bytes) => [&header[..], bytes].concat(),
         Message::Ping(nonce) | Message::Pong(nonce) => [&header[..], &nonce.to_le_bytes()].concat(),
+        Message::Bye(reason) => {
+            let mut end = reason.len().min(MAX_BYE_LEN);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            [&header[..], &reason.as_bytes()[..end]].concat()
+        }
     };
     Ok(Bytes::from(out))
 }
@@ -410,6 +427,15 @@ fn decode_frame(
         Kind::Doc => Message::Doc(body),
         Kind::Transient => Message::Transient(body),
         Kind::Presence => Message::Presence(body),
+        Kind::Bye => {
+            if body.len() > MAX_BYE_LEN {
+                return Err(DecodeError::Oversized {
+                    size: body.len(),
+                    limit: MAX_BYE_LEN,
+                });
+            }
+            Message::Bye(String::from_utf8_lossy(&body).into_owned())
+        }
     };
     Ok(Frame::Message(message))
 }
@@ -568,6 +594,7 @@ mod tests {
             Message::Ping(7),
             Message::Pong(8),
             Message::Doc(Bytes::from_static(&[0, 1])),
+            Message::Bye("over budget".into()),
         ];
         for message in messages {
             let channel = if message.kind().allowed_on(Channel::Reliable) {

@@ -7,6 +7,7 @@ mod support;
 #[global_allocator]
 static ALLOCATOR: support::alloc::Counting = support::alloc::Counting;
 
+mod budgets;
 mod connection;
 mod durable;
 mod foundation;

@@ -7,8 +7,8 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
 use crate::net::peer::{
-    LocalPeer, Peer, PeerId, PeerJoined, PeerLink, PeerRejected, PeerReplica, RejectReason,
-    ReplicaId,
+    LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, PeerReplica,
+    RejectReason, ReplicaId,
 };
 use crate::net::transport::{Channel, Packet, TransportIo};
 use crate::net::wire::{self, DecodeError, Hello, Message, PROTOCOL_VERSION};
@@ -76,7 +76,7 @@ const HELLO_RETRY_MAX: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub(crate) struct Handshake {
     /// The peer's replica, once its hello was taken.
-    theirs: Option<ReplicaId>,
+    pub(super) theirs: Option<ReplicaId>,
     /// The peer has shown it has our hello.
     ours_heard: bool,
     last_sent: Duration,
@@ -198,6 +198,7 @@ pub(crate) struct Hellos<'w, 's> {
     fresh: ResMut<'w, FreshJoin>,
     joined: MessageWriter<'w, PeerJoined>,
     rejected: MessageWriter<'w, PeerRejected>,
+    left: MessageWriter<'w, PeerLeft>,
 }
 
 impl Hellos<'_, '_> {
@@ -268,6 +269,29 @@ impl Hellos<'_, '_> {
                 theirs: got,
             };
             reject(packet.peer, link, reason, &mut self.rejected);
+        }
+    }
+
+    /// Ends the link to `from` for `reason`, at any stage: nothing more is taken from
+    /// it, and a connected peer also leaves (the routes forget it as if it had gone;
+    /// its entity stays, [`PeerLink::Rejected`], until the transport closes the link).
+    pub(crate) fn end_link(
+        &mut self,
+        from: PeerId,
+        entity: Entity,
+        link: &mut PeerLink,
+        replica: Option<ReplicaId>,
+        reason: RejectReason,
+    ) {
+        let was_connected = *link == PeerLink::Connected;
+        reject(from, link, reason, &mut self.rejected);
+        if was_connected {
+            self.commands.entity(entity).remove::<PeerReplica>();
+            self.left.write(PeerLeft {
+                peer: from,
+                replica,
+                was_connected,
+            });
         }
     }
 
