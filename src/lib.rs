@@ -193,6 +193,14 @@ pub mod internals {
         doc.shadow_rebuilds()
     }
 
+    /// Whether yrs itself keeps any update pending in the room document (it should
+    /// never: what it would keep waits in the crate, bounded, see
+    /// [`DocLimits::max_waiting_bytes`](crate::doc::DocLimits::max_waiting_bytes)).
+    pub fn pending_in_yrs(doc: &SharedDoc) -> bool {
+        use yrs::{ReadTxn, Transact};
+        doc.synced().doc().transact().has_missing_updates()
+    }
+
     /// Drops this frame's local edits of the room document before they leave, as if
     /// lost on the way. Returns whether there were any.
     pub fn drop_local_update(doc: &SharedDoc) -> bool {

@@ -227,6 +227,7 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
     };
     let limits = DocLimits {
         max_update_size: u32::MAX as usize,
+        ..DocLimits::default()
     };
     for _ in 0..count {
         let header = body.get(at..at + 5).ok_or(SaveError::Truncated)?;

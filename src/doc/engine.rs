@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bevy::prelude::*;
-use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
 use super::{
     DocLimits, MAX_ASKS, MAX_WAITING, REMOTE_ORIGIN, SYNC_RETRY, decode_update, leaves_hole, pieces,
@@ -35,7 +37,9 @@ pub(crate) struct SyncedDoc {
     updates: AtomicU64,
     /// Remote updates that arrived before an earlier part of their client's history,
     /// each with the number of times the room was asked for it since.
-    waiting: Mutex<Vec<(Update, u32)>>,
+    waiting: Mutex<Vec<Waiting>>,
+    /// Their bytes, as of the last apply.
+    waiting_bytes: AtomicUsize,
     /// Waiting updates given up after [`MAX_ASKS`] asks.
     given_up: AtomicU64,
     /// A live update was held for a hole (outside `waiting`) since the room was last
@@ -47,6 +51,8 @@ pub(crate) struct SyncedDoc {
     incoming: Mutex<Vec<Remote>>,
     /// [`DocLimits::max_update_size`]: the largest update accepted from a peer.
     max_update_size: AtomicUsize,
+    /// [`DocLimits::max_waiting_bytes`].
+    max_waiting_bytes: AtomicUsize,
     /// Catch-up updates (a late joiner's whole state, the answer to a y-sync step 1)
     /// at least twice this many bytes are sent in pieces of about this size, which the
     /// receiver decodes while it applies the one before (see [`pieces`]). Default
@@ -87,11 +93,13 @@ impl SyncedDoc {
             local_updates,
             updates: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
+            waiting_bytes: AtomicUsize::new(0),
             given_up: AtomicU64::new(0),
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             incoming: Mutex::new(Vec::new()),
             max_update_size: AtomicUsize::new(DocLimits::default().max_update_size),
+            max_waiting_bytes: AtomicUsize::new(DocLimits::default().max_waiting_bytes),
             piece_size: AtomicUsize::new(pieces::PIECE_SIZE),
         }
     }
@@ -100,12 +108,15 @@ impl SyncedDoc {
     pub(crate) fn limits(&self) -> DocLimits {
         DocLimits {
             max_update_size: self.max_update_size.load(Ordering::Relaxed),
+            max_waiting_bytes: self.max_waiting_bytes.load(Ordering::Relaxed),
         }
     }
 
     pub(crate) fn set_limits(&self, limits: DocLimits) {
         self.max_update_size
             .store(limits.max_update_size, Ordering::Relaxed);
+        self.max_waiting_bytes
+            .store(limits.max_waiting_bytes, Ordering::Relaxed);
     }
 
     /// The size catch-up is cut into (see [`pieces`]).
@@ -195,6 +206,14 @@ impl SyncedDoc {
 
     /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile);
     /// returns how many were applied.
+    ///
+    /// yrs keeps the part of an update that builds on items it does not have (an
+    /// origin or parent of another client, a deletion of unknown items) pending inside
+    /// the document, merges every later update into it and retries it on each: a cost
+    /// that grows without end for history that may never come. So nothing stays
+    /// pending in yrs: what it would keep is taken back out after each update, kept
+    /// here (encoded, counted against [`DocLimits::max_waiting_bytes`]) and retried
+    /// once new history has gone in, until it is given up like any waiting update.
     fn apply_in_turn(&self, updates: &mut dyn Iterator<Item = Update>) -> Result<u64, String> {
         // Waiting updates can only become ready once new remote history arrives: with
         // none, nothing to retry (this runs every frame).
@@ -209,39 +228,52 @@ impl SyncedDoc {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
             for update in updates {
                 if leaves_hole(&update, &txn.state_vector()) {
-                    waiting.push((update, 0));
+                    waiting.push(Waiting::hole(&update));
                     continue;
                 }
                 applied += 1;
-                // One that yrs refuses part-way (a parent that is not a type, say) keeps
-                // what it integrated; the frame's other updates still go in.
-                if let Err(error) = txn.apply_update(update) {
-                    debug!("yrs refused part of a remote update: {error}");
-                }
+                integrate(&mut txn, update, &mut waiting, 0);
                 // What waited for it may follow now, in the order it came.
                 while !waiting.is_empty() {
                     let known = txn.state_vector();
-                    let Some(ready) = waiting.iter().position(|(u, _)| !leaves_hole(u, &known))
-                    else {
+                    let Some(ready) = waiting.iter().position(|w| w.ready(&known)) else {
                         break;
                     };
-                    let (update, _) = waiting.remove(ready);
+                    let entry = waiting.remove(ready);
                     applied += 1;
-                    if let Err(error) = txn.apply_update(update) {
-                        debug!("yrs refused part of a remote update: {error}");
+                    if let Some(update) = entry.decode() {
+                        integrate(&mut txn, update, &mut waiting, entry.asks);
                     }
                 }
             }
             Ok(())
         }));
         self.updates.fetch_add(applied, Ordering::Relaxed);
-        if waiting.len() > MAX_WAITING {
-            waiting.drain(..waiting.len() - MAX_WAITING);
+        let limits = self.limits();
+        let mut bytes: usize = waiting.iter().map(|w| w.bytes.len()).sum();
+        let mut over = 0;
+        while waiting.len() - over > MAX_WAITING || bytes > limits.max_waiting_bytes {
+            bytes -= waiting[over].bytes.len();
+            over += 1;
         }
+        if over > 0 {
+            waiting.drain(..over);
+            self.given_up.fetch_add(over as u64, Ordering::Relaxed);
+            debug!(
+                "gave up `{over}` waiting updates, over `{MAX_WAITING}` or `{}` bytes; y-sync brings them if the room has them",
+                limits.max_waiting_bytes
+            );
+        }
+        self.waiting_bytes.store(bytes, Ordering::Relaxed);
         *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
         result
             .unwrap_or_else(|_| Err("yrs panicked while applying an update".into()))
             .map(|()| applied)
+    }
+
+    /// Bytes of remote updates waiting for their history (encoded).
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.waiting_bytes.load(Ordering::Relaxed)
     }
 
     /// How many remote updates wait for an earlier part of their client's history.
@@ -277,11 +309,15 @@ impl SyncedDoc {
         // Count this ask against every waiting update; give up those asked for enough.
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let before = waiting.len();
-        waiting.retain_mut(|(_, asks)| {
-            *asks += 1;
-            *asks <= MAX_ASKS
+        waiting.retain_mut(|entry| {
+            entry.asks += 1;
+            entry.asks <= MAX_ASKS
         });
         let given_up = before - waiting.len();
+        self.waiting_bytes.store(
+            waiting.iter().map(|w| w.bytes.len()).sum(),
+            Ordering::Relaxed,
+        );
         if given_up > 0 {
             self.given_up.fetch_add(given_up as u64, Ordering::Relaxed);
             debug!(
@@ -360,6 +396,79 @@ impl SyncedDoc {
                 self.apply_in_turn(&mut updates)
             },
         )
+    }
+}
+
+/// A remote update that cannot go in yet, kept encoded: its bytes are what it costs to
+/// keep, and what [`DocLimits::max_waiting_bytes`] counts.
+struct Waiting {
+    bytes: Vec<u8>,
+    /// Where each client's blocks start: ready once the document has all before.
+    lower: StateVector,
+    /// Asks of the room since it began to wait.
+    asks: u32,
+    /// For what yrs could not integrate of an update (it builds on items the
+    /// document lacks): the clients it misses, with the clock the document had of
+    /// each when it stalled. It is retried once one of them has more. `None` for an
+    /// update that waits for earlier clocks of its own clients (`lower`).
+    needs: Option<StateVector>,
+}
+
+impl Waiting {
+    fn hole(update: &Update) -> Self {
+        Self {
+            bytes: update.encode_v1(),
+            lower: update.state_vector_lower(),
+            asks: 0,
+            needs: None,
+        }
+    }
+
+    fn ready(&self, known: &StateVector) -> bool {
+        match &self.needs {
+            Some(needs) => needs.iter().any(|(c, &clock)| known.get(c) > clock),
+            None => !self.lower.iter().any(|(c, &start)| start > known.get(c)),
+        }
+    }
+
+    /// Its update again. It passed the check when it arrived, and yrs encoded it.
+    fn decode(&self) -> Option<Update> {
+        Update::decode_v1(&self.bytes)
+            .inspect_err(|error| debug!("a waiting update did not decode again: {error}"))
+            .ok()
+    }
+}
+
+/// Applies `update`, and takes back out of yrs what it keeps pending (see
+/// [`SyncedDoc::apply_in_turn`]) into `waiting`.
+fn integrate(txn: &mut TransactionMut, update: Update, waiting: &mut Vec<Waiting>, asks: u32) {
+    // One that yrs refuses part-way (a parent that is not a type, say) keeps what it
+    // integrated; the frame's other updates still go in.
+    if let Err(error) = txn.apply_update(update) {
+        debug!("yrs refused part of a remote update: {error}");
+    }
+    if !txn.has_missing_updates() {
+        return;
+    }
+    let known = txn.state_vector();
+    let mut needs = StateVector::default();
+    if let Some(pending) = txn.store().pending_update() {
+        for (&client, &clock) in pending.missing.iter() {
+            needs.set_min(client, clock);
+        }
+    }
+    if let Some(deletes) = txn.store().pending_ds() {
+        for (&client, _) in deletes.iter() {
+            needs.set_min(client, known.get(&client));
+        }
+    }
+    if let Some(pending) = txn.prune_pending() {
+        waiting.push(Waiting {
+            bytes: pending.encode_v1(),
+            lower: pending.state_vector_lower(),
+            asks,
+            needs: Some(needs),
+        });
     }
 }
 

@@ -122,12 +122,17 @@ impl DocId {
 pub struct DocLimits {
     /// The largest yrs update (or sync step 2) accepted from a peer, in bytes.
     pub max_update_size: usize,
+    /// Bytes of remote updates that may wait for their history (out of order, or
+    /// building on items this peer lacks) per document; past it the oldest are given
+    /// up (y-sync brings them again if the room has them).
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for DocLimits {
     fn default() -> Self {
         Self {
             max_update_size: 16 * 1024 * 1024,
+            max_waiting_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -250,7 +255,10 @@ mod tests {
         let update = doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
-        let small = DocLimits { max_update_size: 8 };
+        let small = DocLimits {
+            max_update_size: 8,
+            ..DocLimits::default()
+        };
         assert_eq!(
             decode_update(&update, &small).err(),
             Some(DropReason::Oversized)

@@ -129,6 +129,12 @@ impl EntityDoc {
         self.synced.waiting_updates()
     }
 
+    /// Bytes of the remote updates that wait for their history (see
+    /// [`DocLimits::max_waiting_bytes`](crate::doc::DocLimits::max_waiting_bytes)).
+    pub fn waiting_bytes(&self) -> usize {
+        self.synced.waiting_bytes()
+    }
+
     /// Out-of-order updates given up after [`MAX_ASKS`](crate::doc::MAX_ASKS) asks.
     pub fn given_up_updates(&self) -> u64 {
         self.synced.given_up_updates()

@@ -90,6 +90,10 @@ pub struct EntityDocConfig {
     pub hold_timeout: Duration,
     /// Whether owned entities are handed over on request without asking the game.
     pub grant_requests: bool,
+    /// Bytes of live updates from one peer that may be held at once (waiting for
+    /// their ownership or their history); past it, and past 256 updates, the rest are
+    /// refused ([`DropReason::NotOwner`](crate::net::stats::DropReason::NotOwner)).
+    pub max_held_bytes: usize,
 }
 
 impl Default for EntityDocConfig {
@@ -98,6 +102,7 @@ impl Default for EntityDocConfig {
             owner_left: OwnerLeftPolicy::Despawn,
             hold_timeout: Duration::from_secs(3),
             grant_requests: true,
+            max_held_bytes: 4 * 1024 * 1024,
         }
     }
 }

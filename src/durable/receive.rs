@@ -33,7 +33,7 @@ pub(super) fn apply_remote_entities(world: &mut World) {
     {
         let mut doc = world.resource_mut::<EntityDoc>();
         let (live, catch_up) = take_incoming(&doc, &mut refused);
-        hold_live(&mut doc, live, &replica_of, now, &mut refused);
+        hold_live(&mut doc, live, (&replica_of, &config), now, &mut refused);
         apply_catch_up(&mut doc, catch_up, &mut refused);
         judge_held(&mut doc, &config, now, &mut refused);
     }
@@ -86,18 +86,34 @@ fn take_incoming(
 fn hold_live(
     doc: &mut EntityDoc,
     live: Vec<Live>,
-    replica_of: &HashMap<PeerId, ReplicaId>,
+    (replica_of, config): (&HashMap<PeerId, ReplicaId>, &EntityDocConfig),
     now: Duration,
     refused: &mut Vec<(PeerId, DropReason)>,
 ) {
+    if live.is_empty() {
+        return;
+    }
+    // What each peer has held: updates and bytes.
+    let mut held: HashMap<PeerId, (usize, usize)> = HashMap::new();
+    for h in &doc.held {
+        let entry = held.entry(h.from).or_default();
+        entry.0 += 1;
+        entry.1 += h.bytes.len();
+    }
     for (from, update, bytes) in live {
-        // A peer may have at most `MAX_HELD_PER_PEER` updates waiting; past that
-        // (a flood of writes it may not make) the rest are refused at once.
-        if doc.held.iter().filter(|h| h.from == from).count() >= MAX_HELD_PER_PEER {
+        // A peer may have at most `MAX_HELD_PER_PEER` updates or
+        // `EntityDocConfig::max_held_bytes` waiting; past that (a flood of writes it
+        // may not make) the rest are refused at once. One alone is always taken (its
+        // size is bounded by `DocLimits`).
+        let (count, size) = held.entry(from).or_default();
+        let over_bytes = *count > 0 && *size + bytes.len() > config.max_held_bytes;
+        if *count >= MAX_HELD_PER_PEER || over_bytes {
             doc.refused += 1;
             refused.push((from, DropReason::NotOwner));
             continue;
         }
+        *count += 1;
+        *size += bytes.len();
         doc.held.push_back(HeldUpdate {
             from,
             replica: replica_of.get(&from).copied(),

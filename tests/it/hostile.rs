@@ -10,6 +10,7 @@ use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::persistence::decode_save;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
+use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use crate::support::alloc::peak_during;
@@ -378,4 +379,104 @@ fn a_hello_with_a_replica_past_2_pow_53_is_refused() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(matches!(rejected[0].reason, RejectReason::Malformed(_)));
     assert_eq!(room.connected_count(a), 0);
+}
+
+/// One live update of client `client` at clock 0: a string item whose left origin is
+/// an item (client 999,999, clock 5) nobody has. 14 bytes or so.
+fn update_building_on_nothing(client: u64) -> Vec<u8> {
+    // clients 1, blocks 1, client, clock 0, info: origin + string, origin id,
+    // content "x", no deletions.
+    let mut update = vec![1, 1];
+    varint(&mut update, client);
+    update.extend([0, 0x80 | 4]);
+    varint(&mut update, 999_999);
+    update.extend([5, 1, b'x', 0]);
+    update
+}
+
+/// Updates that build on an item the room never had are not out of order, so they
+/// used to go to yrs, which kept them pending for ever: merged with every later one
+/// (memory and time per update growing with their number), never counted, never given
+/// up. Now nothing stays pending in yrs: they wait in the crate, counted in bytes and
+/// capped, and are given up after the room was asked in vain.
+#[test]
+fn updates_building_on_missing_items_wait_bounded_and_are_given_up() {
+    let mut room = TestRoom::new(93);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let doc_of = |room: &TestRoom| {
+        let doc = room.app(b).world().resource::<SharedDoc>();
+        (
+            bevy_peer_sync::internals::pending_in_yrs(doc),
+            doc.waiting_updates(),
+            doc.waiting_bytes(),
+            doc.given_up_updates(),
+        )
+    };
+    for round in 0..20u64 {
+        for n in 0..100 {
+            let update = update_building_on_nothing(1_000 + round * 100 + n);
+            inject(&mut room, a, b, doc_body(0, 2, &update));
+        }
+        room.step();
+        let (pending, _, _, _) = doc_of(&room);
+        assert!(!pending, "yrs keeps nothing pending");
+    }
+    let (_, waiting, bytes, _) = doc_of(&room);
+    assert_eq!(waiting, 1_024, "capped by count");
+    assert!(bytes < 32 * 1_000, "{bytes} bytes waiting");
+    // An honest edit then costs what it costs, not a merge with 2,000 pending ones.
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        let text = doc.text("notes");
+        text.push(&mut doc.transact_mut(), "honest");
+    }
+    room.app_mut(a).update();
+    let ((), peak) = peak_during(|| room.app_mut(b).update());
+    assert!(peak < 256 * 1024, "{peak} bytes in the frame");
+    let notes = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("notes");
+    assert_eq!(notes, "honest");
+    // Asked for in vain (10 asks, one per 500 ms): given up, counted.
+    room.step_n(6 * 60 + 30);
+    let (pending, waiting, bytes, given_up) = doc_of(&room);
+    assert_eq!((pending, waiting, bytes), (false, 0, 0));
+    assert_eq!(given_up, 2_000);
+}
+
+/// 64 live entity updates of 128 KiB that can never go in (each starts past what the
+/// receiver has of its client, so it waits for that history): at most
+/// `EntityDocConfig::max_held_bytes` (4 MiB) of them are held, the rest refused and
+/// counted at once. Before, all 8 MiB were held (the cap was 256 updates of any size:
+/// 4 GiB of 16 MiB updates), each until its timeout.
+#[test]
+fn held_live_updates_are_capped_in_bytes() {
+    let mut room = TestRoom::new(95);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let hostile = room.app(a).world().resource::<LocalPeer>().replica().0;
+    for n in 0..64u64 {
+        // Client `hostile` from clock 10 + n: a string under key `k` of root `entities`.
+        let mut update = vec![1, 1];
+        varint(&mut update, hostile);
+        varint(&mut update, 10 + n * 200_000);
+        update.extend([0b0010_0000 | 4, 1]);
+        varint(&mut update, 8);
+        update.extend(b"entities");
+        update.extend([1, b'k']);
+        varint(&mut update, 128 * 1024);
+        update.extend(std::iter::repeat_n(b'x', 128 * 1024));
+        update.push(0);
+        inject(&mut room, a, b, doc_body(1, 2, &update));
+    }
+    room.step_n(20);
+    let refused = drops(&mut room, b, DropReason::NotOwner);
+    assert!((31..=33).contains(&refused), "{refused} refused");
 }
