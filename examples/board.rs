@@ -59,6 +59,10 @@ struct Options {
     headless: bool,
     /// With `--script`: how many other players to wait for before starting.
     expect_peers: usize,
+    /// `--hostile` (native, with `--headless`): spray every peer with the crate's
+    /// hostile inputs (`bevy_peer_sync::testing::hostile`) instead of playing.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    hostile: bool,
     /// Where scripted runs write (native only).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     out: std::path::PathBuf,
@@ -78,6 +82,7 @@ fn main() {
             || cfg!(target_arch = "wasm32") && web_query_has("script"),
         out: players::out_dir(&args),
         headless: args.iter().any(|a| a == "--headless"),
+        hostile: args.iter().any(|a| a == "--hostile"),
         expect_peers: arg(&args, "--expect-peers")
             .or_else(|| web_query("peers"))
             .and_then(|n| n.parse().ok())
@@ -179,7 +184,55 @@ fn run_player(room: &str, options: Options) {
     if options.script {
         app.add_systems(Update, run_script.before(track_cursor));
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    if options.hostile {
+        app.insert_resource(LocalPresence::new("hostile", Color::WHITE))
+            .add_systems(Update, spray);
+    }
     app.run();
+}
+
+/// `--hostile`: every peer this one connects to is sent the crate's hostile spray
+/// (`testing::hostile::datagrams`: document bombs, floods of asks, broken fragments,
+/// garbage on every kind) three times, 3 s apart, straight onto the transport; after
+/// 2 minutes it leaves. The browser check runs it against the tabs: they must refuse it all
+/// (their `refused` count), keep running and still converge.
+#[cfg(not(target_arch = "wasm32"))]
+fn spray(
+    time: Res<Time<Real>>,
+    mut io: ResMut<TransportIo>,
+    peers: Query<(&Peer, &PeerLink)>,
+    mut sent: Local<std::collections::HashMap<PeerId, (u64, f32)>>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    use bevy_peer_sync::net::transport::Packet;
+    let now = time.elapsed_secs();
+    for (peer, link) in &peers {
+        if *link != PeerLink::Connected {
+            continue;
+        }
+        let (rounds, next) = sent.entry(peer.id).or_insert((0, now));
+        if *rounds < 3 && now >= *next {
+            let spray = bevy_peer_sync::testing::hostile::datagrams(*rounds);
+            info!(
+                "spraying `{}` hostile datagrams at peer `{}`",
+                spray.len(),
+                peer.id
+            );
+            for (channel, bytes) in spray {
+                io.send(Packet {
+                    peer: peer.id,
+                    channel,
+                    bytes,
+                });
+            }
+            *rounds += 1;
+            *next = now + 3.0;
+        }
+    }
+    if now > 120.0 {
+        exit.write(AppExit::Success);
+    }
 }
 
 fn setup(mut commands: Commands) {
@@ -536,6 +589,7 @@ fn run_script(
     shapes: Query<(&NetId, &Shape, &Transform)>,
     net: Res<NetEntities>,
     peers: Query<&PeerPresence>,
+    stats: Query<&PeerStats>,
     mut exit: MessageWriter<AppExit>,
 ) {
     let now = time.elapsed_secs();
@@ -616,7 +670,10 @@ fn run_script(
         lines.push(format!("note {:?}", doc.text_string("note")));
         lines.push(format!("entities {}", net.len()));
         let state = lines.join("\n") + "\n";
-        let peers_line = format!("sees {names:?}\n");
+        // What this player refused from peers (a hostile one's spray, in the browser
+        // check): on the `sees` line, which differs between players.
+        let refused: u64 = stats.iter().map(PeerStats::dropped_total).sum();
+        let peers_line = format!("sees {names:?}, refused {refused}\n");
         write_state(&options, &(state + &peers_line));
     }
     // Stay a while, so slower players can still read this one's state before it goes.

@@ -4,6 +4,8 @@
 //! No sockets, threads or sleeps: a test with the same seed and the same steps runs
 //! the same way every time.
 
+pub mod hostile;
+
 use std::time::Duration;
 
 use bevy::prelude::*;

@@ -13,46 +13,13 @@ use bevy_peer_sync::testing::TestRoom;
 use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
+use bevy_peer_sync::testing::hostile::{
+    deep_types, doc_body, nested_map_bomb, squash_run, state_vector_bomb,
+    update_building_on_nothing, varint, wrapped_length,
+};
+
 use crate::support::alloc::peak_during;
 use crate::support::drops;
-
-fn varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-/// A `Doc` wire body: document `doc`, y-sync message `kind` (0 step 1, 1 step 2,
-/// 2 update) with `payload`.
-fn doc_body(doc: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![doc, 0, kind];
-    varint(&mut body, payload.len() as u64);
-    body.extend_from_slice(payload);
-    body
-}
-
-/// A state vector that declares 2^25 entries and holds none: 4 bytes.
-fn state_vector_bomb() -> Vec<u8> {
-    let mut sv = Vec::new();
-    varint(&mut sv, 1 << 25);
-    sv
-}
-
-/// One item under key `k` of root map `m`: `Any` maps nested 100 deep, each declaring
-/// 2^22 entries, cut short after the first key of each (711 bytes).
-fn nested_map_bomb() -> Vec<u8> {
-    // clients 1, blocks 1, client 7, clock 0, info: Any content with a parent key,
-    // parent: root `m`, key `k`, content: one value.
-    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm', 1, b'k', 1];
-    for _ in 0..100 {
-        update.push(118);
-        varint(&mut update, 1 << 22);
-        update.extend([1, b'k']);
-    }
-    update
-}
 
 /// Sends `body` as a `Doc` message from peer `from` straight onto peer `to`'s transport.
 fn inject(room: &mut TestRoom, from: usize, to: usize, body: Vec<u8>) {
@@ -136,14 +103,7 @@ fn nested_maps_declaring_millions_of_entries_cost_their_size() {
 /// recursion, which overflows the stack and aborts the process. Refused as written.
 #[test]
 fn a_length_that_yrs_would_wrap_does_not_smuggle_deep_nesting_past_the_check() {
-    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm'];
-    update.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
-    update.extend(b"kkkkkkkk");
-    update.push(1);
-    for _ in 0..1_000_000 {
-        update.extend([117, 1]);
-    }
-    update.extend([126, 0]);
+    let update = wrapped_length(1_000_000);
     for kind in [1, 2] {
         assert_eq!(
             decode_doc_message(&doc_body(0, kind, &update)),
@@ -278,17 +238,7 @@ fn updates_that_never_complete_cost_one_shadow_rebuild_a_frame() {
 /// the stack overflows. Refused past 32 levels.
 #[test]
 fn types_nested_deep_in_one_update_are_refused() {
-    let levels = 100_000u64;
-    let mut update = vec![1];
-    varint(&mut update, levels);
-    update.extend([1, 0]);
-    update.extend([7, 1, 1, b'a', 0]); // an array under root `a`, at clock 0
-    for k in 1..levels {
-        update.extend([7, 0, 1]); // an array whose parent is (client 1, k - 1)
-        varint(&mut update, k - 1);
-        update.push(0);
-    }
-    update.extend([1, 1, 1, 0, 1]); // delete (1, 0)
+    let update = deep_types(100_000);
     for kind in [1, 2] {
         assert_eq!(
             decode_doc_message(&doc_body(0, kind, &update)),
@@ -314,17 +264,7 @@ fn json_content_is_refused() {
 /// The run's cost is charged as it grows, and the update refused.
 #[test]
 fn a_run_that_yrs_would_squash_quadratically_is_refused() {
-    let items = 100_000u64;
-    let mut update = vec![1];
-    varint(&mut update, items);
-    update.extend([1, 0]);
-    update.extend([4, 1, 1, b't', 2, b'a', b'a']);
-    for k in 1..items {
-        update.extend([0b1000_0100, 1]);
-        varint(&mut update, 2 * k - 1);
-        update.extend([2, b'a', b'a']);
-    }
-    update.push(0);
+    let update = squash_run(100_000);
     let body = doc_body(0, 2, &update);
     let (result, peak) = peak_during(|| decode_doc_message(&body));
     assert_eq!(result, Err(DropReason::OverBudget));
@@ -379,19 +319,6 @@ fn a_hello_with_a_replica_past_2_pow_53_is_refused() {
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert!(matches!(rejected[0].reason, RejectReason::Malformed(_)));
     assert_eq!(room.connected_count(a), 0);
-}
-
-/// One live update of client `client` at clock 0: a string item whose left origin is
-/// an item (client 999,999, clock 5) nobody has. 14 bytes or so.
-fn update_building_on_nothing(client: u64) -> Vec<u8> {
-    // clients 1, blocks 1, client, clock 0, info: origin + string, origin id,
-    // content "x", no deletions.
-    let mut update = vec![1, 1];
-    varint(&mut update, client);
-    update.extend([0, 0x80 | 4]);
-    varint(&mut update, 999_999);
-    update.extend([5, 1, b'x', 0]);
-    update
 }
 
 /// Updates that build on an item the room never had are not out of order, so they
@@ -479,4 +406,76 @@ fn held_live_updates_are_capped_in_bytes() {
     room.step_n(20);
     let refused = drops(&mut room, b, DropReason::NotOwner);
     assert!((31..=33).contains(&refused), "{refused} refused");
+}
+
+/// Everything in `testing::hostile::datagrams` (the spray the browser check and the
+/// chaos run send), fed to two peers at once: each datagram refused or answered and
+/// counted, the frame's memory a small multiple of the spray (the nested bomb alone
+/// cost 800 MiB), the sprayer not mistaken for honest state, and the honest peers
+/// still converging.
+#[test]
+fn the_whole_spray_is_refused_and_counted_and_the_room_converges() {
+    let mut room = TestRoom::new(96);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    let sprayer = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    let shared = room
+        .app_mut(a)
+        .world_mut()
+        .spawn((Replicated, Score(1)))
+        .id();
+    room.step_n(5);
+    let spray = bevy_peer_sync::testing::hostile::datagrams(96);
+    let size: usize = spray.iter().map(|(_, d)| d.len()).sum();
+    let from = room.peer_id(sprayer).unwrap();
+    for victim in [a, b] {
+        let mut io = room
+            .app_mut(victim)
+            .world_mut()
+            .resource_mut::<TransportIo>();
+        for (channel, bytes) in &spray {
+            io.insert_received(Packet {
+                peer: from,
+                channel: *channel,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        let ((), p) = peak_during(|| room.step());
+        peak = peak.max(p);
+    }
+    assert!(
+        peak < 16 * size + (8 << 20),
+        "{peak} bytes in a frame for a spray of {size}"
+    );
+    for victim in [a, b] {
+        let world = room.app_mut(victim).world_mut();
+        let dropped: u64 = world
+            .query::<&PeerStats>()
+            .iter(world)
+            .map(|s| s.dropped_total())
+            .sum();
+        assert!(dropped >= 250, "peer {victim} counted {dropped}");
+    }
+    // The honest peers still converge, with each other and with the sprayer.
+    room.app_mut(a)
+        .world_mut()
+        .get_mut::<Score>(shared)
+        .unwrap()
+        .0 = 2;
+    let id = *room.app(a).world().get::<NetId>(shared).unwrap();
+    assert!(room.step_until(30, |room| {
+        [b, sprayer].into_iter().all(|peer| {
+            let world = room.app(peer).world();
+            world
+                .resource::<NetEntities>()
+                .entity(id)
+                .and_then(|e| world.get::<Score>(e))
+                == Some(&Score(2))
+        })
+    }));
+    assert_eq!(room.connected_count(a), 2);
 }

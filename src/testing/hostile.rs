@@ -1,0 +1,244 @@
+//! What a hostile peer sends: bytes that declare gigabytes, integers that yrs would
+//! read otherwise than they say, nesting that recursion cannot survive, updates that
+//! build on nothing, floods of asks, and plain garbage on every message kind.
+//!
+//! The hostile tests, the fuzzers' seeds, the chaos run's sprayer and the browser
+//! check (`board --hostile`) all send these. A peer that receives [`datagrams`] must
+//! refuse and count each, stay within a small multiple of their size in memory and
+//! time, and keep converging with the honest peers: natively and in the browser,
+//! where a panic aborts the tab.
+//!
+//! ```
+//! use bevy_peer_sync::testing::hostile;
+//!
+//! let spray = hostile::datagrams(7);
+//! assert!(spray.len() > 300);
+//! // The whole spray is a few MB: a nested bomb of 711 bytes asked for 800 MiB.
+//! let bytes: usize = spray.iter().map(|(_, d)| d.len()).sum();
+//! assert!(bytes < 4 << 20, "{bytes}");
+//! ```
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::net::transport::Channel;
+use crate::net::wire::{self, Message, PROTOCOL_VERSION};
+
+/// Appends `n` as an LEB128 varint.
+pub fn varint(out: &mut Vec<u8>, n: u64) {
+    wire::write_varint(out, n);
+}
+
+/// A `Doc` wire body: document `doc` (0 the room's, 1 the entities'), y-sync message
+/// `kind` (0 step 1, 1 step 2, 2 update) with `payload`.
+pub fn doc_body(doc: u8, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![doc, 0, kind];
+    varint(&mut body, payload.len() as u64);
+    body.extend_from_slice(payload);
+    body
+}
+
+/// A state vector that declares 2^25 entries and holds none: 4 bytes (yrs reserved
+/// and zeroed 64 MiB for it).
+pub fn state_vector_bomb() -> Vec<u8> {
+    let mut sv = Vec::new();
+    varint(&mut sv, 1 << 25);
+    sv
+}
+
+/// One item under key `k` of root map `m`: `Any` maps nested 100 deep, each declaring
+/// 2^22 entries, cut short after the first key of each (711 bytes; it cost 800 MiB).
+pub fn nested_map_bomb() -> Vec<u8> {
+    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm', 1, b'k', 1];
+    for _ in 0..100 {
+        update.push(118);
+        varint(&mut update, 1 << 22);
+        update.extend([1, b'k']);
+    }
+    update
+}
+
+/// A key whose length is written in six bytes (2^35 to a 64-bit reader, 8 to yrs'
+/// wrapping 32-bit one), then a value nested `depth` deep: yrs would decode the
+/// nesting by recursion.
+pub fn wrapped_length(depth: usize) -> Vec<u8> {
+    let mut update = vec![1, 1, 7, 0, 8 | 0b0010_0000, 1, 1, b'm'];
+    update.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    update.extend(b"kkkkkkkk");
+    update.push(1);
+    for _ in 0..depth {
+        update.extend([117, 1]);
+    }
+    update.extend([126, 0]);
+    update
+}
+
+/// Shared types nested `levels` deep, each the parent of the next, the outermost
+/// deleted: yrs deletes nested types by recursion.
+pub fn deep_types(levels: u64) -> Vec<u8> {
+    let mut update = vec![1];
+    varint(&mut update, levels);
+    update.extend([1, 0]);
+    update.extend([7, 1, 1, b'a', 0]);
+    for k in 1..levels {
+        update.extend([7, 0, 1]);
+        varint(&mut update, k - 1);
+        update.push(0);
+    }
+    update.extend([1, 1, 1, 0, 1]);
+    update
+}
+
+/// `items` text items in a row, each continuing the last: yrs squashes the run at
+/// commit at a cost of its square.
+pub fn squash_run(items: u64) -> Vec<u8> {
+    let mut update = vec![1];
+    varint(&mut update, items);
+    update.extend([1, 0]);
+    update.extend([4, 1, 1, b't', 2, b'a', b'a']);
+    for k in 1..items {
+        update.extend([0b1000_0100, 1]);
+        varint(&mut update, 2 * k - 1);
+        update.extend([2, b'a', b'a']);
+    }
+    update.push(0);
+    update
+}
+
+/// One live update of client `client` at clock 0: a string item whose left origin is
+/// an item (client 999,999, clock 5) nobody has. yrs kept such updates pending for
+/// ever, merging each later one into them.
+pub fn update_building_on_nothing(client: u64) -> Vec<u8> {
+    let mut update = vec![1, 1];
+    varint(&mut update, client);
+    update.extend([0, 0x80 | 4]);
+    varint(&mut update, 999_999);
+    update.extend([5, 1, b'x', 0]);
+    update
+}
+
+/// One wire message as the datagrams it travels in (fragments past 16 KiB).
+fn frames(message: Message, message_id: u32) -> Vec<(Channel, Bytes)> {
+    let channel = if message.kind().allowed_on(Channel::Reliable) {
+        Channel::Reliable
+    } else {
+        Channel::Unreliable
+    };
+    let frame = wire::encode(&message).expect("hostile messages encode");
+    let pieces = match channel {
+        Channel::Reliable => wire::fragment(frame, message_id).expect("below the fragment limit"),
+        Channel::Unreliable => vec![frame],
+    };
+    pieces.into_iter().map(|bytes| (channel, bytes)).collect()
+}
+
+/// The whole spray, in the order it is sent: every document bomb on both documents
+/// and every message kind, floods of asks and of updates that build on nothing,
+/// broken fragments, and `seed`-chosen garbage. Every datagram is one a receiver must
+/// refuse or answer at a bounded price; none may be judged honest state.
+pub fn datagrams(seed: u64) -> Vec<(Channel, Bytes)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut id = 0xB0B0_0000u32;
+    let mut doc = |out: &mut Vec<(Channel, Bytes)>, body: Vec<u8>| {
+        id += 1;
+        out.extend(frames(Message::Doc(Bytes::from(body)), id));
+    };
+    for d in [0, 1] {
+        doc(&mut out, doc_body(d, 0, &state_vector_bomb()));
+        for kind in [1, 2] {
+            doc(&mut out, doc_body(d, kind, &nested_map_bomb()));
+            doc(&mut out, doc_body(d, kind, &wrapped_length(10_000)));
+            doc(&mut out, doc_body(d, kind, &deep_types(2_000)));
+            doc(&mut out, doc_body(d, kind, &squash_run(20_000)));
+            // JSON content, which yrs reads one string longer than it writes.
+            doc(
+                &mut out,
+                doc_body(d, kind, &[1, 1, 1, 0, 2, 1, 1, b't', 0, 1, b'x', 0]),
+            );
+            // Cut short, and padded.
+            let mut cut = update_building_on_nothing(77);
+            cut.pop();
+            doc(&mut out, doc_body(d, kind, &cut));
+            let mut padded = update_building_on_nothing(78);
+            padded.extend([0; 9]);
+            doc(&mut out, doc_body(d, kind, &padded));
+        }
+        for n in 0..50 {
+            doc(
+                &mut out,
+                doc_body(d, 2, &update_building_on_nothing(5_000 + n)),
+            );
+        }
+        // Asks for everything, again and again.
+        for _ in 0..20 {
+            doc(&mut out, doc_body(d, 0, &[0]));
+        }
+        // Unknown documents and y-sync kinds, and no body at all.
+        doc(&mut out, doc_body(9, 0, &[0]));
+        doc(&mut out, doc_body(d, 7, &[0]));
+        doc(&mut out, vec![d]);
+    }
+    // Datagrams that are not messages: empty, one byte, another version, unknown and
+    // misplaced kinds, short pings.
+    let header = |kind: u8| vec![PROTOCOL_VERSION, kind];
+    let mut raw: Vec<(Channel, Vec<u8>)> = vec![
+        (Channel::Reliable, vec![]),
+        (Channel::Unreliable, vec![PROTOCOL_VERSION]),
+        (
+            Channel::Unreliable,
+            vec![PROTOCOL_VERSION + 1, 4, 0, 0, 0, 0],
+        ),
+        (Channel::Reliable, header(200)),
+        (Channel::Unreliable, [header(6), vec![0, 0, 0, 0]].concat()),
+        (Channel::Reliable, [header(7), vec![0; 8]].concat()),
+        (Channel::Unreliable, [header(4), vec![1, 2, 3]].concat()),
+        (Channel::Reliable, [header(1), vec![0xff; 40]].concat()),
+    ];
+    // Fragments: a count of 65,535 (2 GiB announced), a gap, a piece past the count,
+    // a lone last piece.
+    let fragment = |message: u32, index: u16, count: u16, len: usize| {
+        let mut bytes = header(2);
+        bytes.extend(message.to_le_bytes());
+        bytes.extend(index.to_le_bytes());
+        bytes.extend(count.to_le_bytes());
+        bytes.extend(std::iter::repeat_n(0xAB, len));
+        (Channel::Reliable, bytes)
+    };
+    raw.push(fragment(1, 0, u16::MAX, 16 * 1024));
+    raw.push(fragment(1, 1, u16::MAX, 16 * 1024));
+    raw.push(fragment(2, 0, 4, 16 * 1024));
+    raw.push(fragment(2, 2, 4, 16 * 1024));
+    raw.push(fragment(3, 9, 4, 100));
+    raw.push(fragment(4, 3, 4, 100));
+    // Presence that lies about its lengths, and transient batches that do.
+    let mut presence_name = vec![1];
+    varint(&mut presence_name, 1 << 40);
+    raw.push((Channel::Reliable, [header(8), presence_name].concat()));
+    raw.push((
+        Channel::Unreliable,
+        [header(8), vec![0, 0xff, 0xff, 0xff, 0xff, 0x0f]].concat(),
+    ));
+    raw.push((Channel::Unreliable, [header(8), vec![9; 30]].concat()));
+    let mut transient = Vec::new();
+    varint(&mut transient, 5);
+    varint(&mut transient, 1 << 30);
+    raw.push((Channel::Unreliable, [header(7), transient].concat()));
+    // Seeded garbage on every kind and both channels.
+    for _ in 0..200 {
+        let channel = if rng.random_bool(0.5) {
+            Channel::Reliable
+        } else {
+            Channel::Unreliable
+        };
+        // Anything but a `Bye`, which would end the link and the test with it.
+        let kind = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11][rng.random_range(0..11usize)];
+        let len = rng.random_range(0..600usize);
+        let mut bytes = header(kind);
+        bytes.extend((0..len).map(|_| rng.random::<u8>()));
+        raw.push((channel, bytes));
+    }
+    out.extend(raw.into_iter().map(|(c, b)| (c, Bytes::from(b))));
+    out
+}
