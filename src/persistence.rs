@@ -308,7 +308,7 @@ fn load_save(world: &mut World) {
         && let Err(error) = world
             .resource::<SharedDoc>()
             .synced()
-            .apply_remote(vec![update])
+            .apply_remote(vec![(update, 0)])
     {
         error!("the saved shared document did not apply: {error}");
     }

@@ -40,6 +40,8 @@ pub(crate) struct SyncedDoc {
     waiting: Mutex<Vec<Waiting>>,
     /// Their bytes, as of the last apply.
     waiting_bytes: AtomicUsize,
+    /// What yrs keeps pending in the document, if anything.
+    pending: Mutex<Option<PendingWatch>>,
     /// Waiting updates given up after [`MAX_ASKS`] asks.
     given_up: AtomicU64,
     /// A live update was held for a hole (outside `waiting`) since the room was last
@@ -94,6 +96,7 @@ impl SyncedDoc {
             updates: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
             waiting_bytes: AtomicUsize::new(0),
+            pending: Mutex::new(None),
             given_up: AtomicU64::new(0),
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
@@ -200,21 +203,27 @@ impl SyncedDoc {
     /// An update that would leave a hole in a client's history waits (see the
     /// [module docs](self)) and is applied here, in a later call, once the hole is
     /// filled, and the plugin asks the room for the missing part.
-    pub(crate) fn apply_remote(&self, updates: Vec<Update>) -> Result<(), String> {
+    pub(crate) fn apply_remote(&self, updates: Vec<(Update, usize)>) -> Result<(), String> {
         self.apply_in_turn(&mut updates.into_iter()).map(|_| ())
     }
 
-    /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile);
-    /// returns how many were applied.
+    /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile),
+    /// each with its encoded size; returns how many were applied.
     ///
     /// yrs keeps the part of an update that builds on items it does not have (an
     /// origin or parent of another client, a deletion of unknown items) pending inside
-    /// the document, merges every later update into it and retries it on each: a cost
-    /// that grows without end for history that may never come. So nothing stays
-    /// pending in yrs: what it would keep is taken back out after each update, kept
-    /// here (encoded, counted against [`DocLimits::max_waiting_bytes`]) and retried
-    /// once new history has gone in, until it is given up like any waiting update.
-    fn apply_in_turn(&self, updates: &mut dyn Iterator<Item = Update>) -> Result<u64, String> {
+    /// the document, and merges each later update that also stalls into it: honest
+    /// catch-up in pieces needs that (a piece can build on a later one), but a peer
+    /// can also make it grow for ever. So what yrs keeps pending is bounded
+    /// ([`MAX_PENDING_MERGES`] updates, [`DocLimits::max_waiting_bytes`], and
+    /// [`MAX_ASKS`] asks of the room) and then given up. An update that continues a
+    /// client's history where what yrs keeps pending ends is merged with it before it
+    /// goes in (handed to yrs alone it would leave a hole in that history, and wait
+    /// for ever on the piece that waits for it).
+    fn apply_in_turn(
+        &self,
+        updates: &mut dyn Iterator<Item = (Update, usize)>,
+    ) -> Result<u64, String> {
         // Waiting updates can only become ready once new remote history arrives: with
         // none, nothing to retry (this runs every frame).
         let mut updates = updates.peekable();
@@ -223,33 +232,41 @@ impl SyncedDoc {
         }
         let mut waiting =
             std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut watch = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let limits = self.limits();
         let mut applied = 0u64;
+        let mut given_up = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
-            for update in updates {
-                if leaves_hole(&update, &txn.state_vector()) {
-                    waiting.push(Waiting::hole(&update));
+            let mut pass = Pass {
+                watch: &mut watch,
+                limits: &limits,
+                given_up: &mut given_up,
+                waiting: &mut waiting,
+            };
+            for (update, size) in updates {
+                if !pass.place(&mut txn, update, size, 0) {
                     continue;
                 }
                 applied += 1;
-                integrate(&mut txn, update, &mut waiting, 0);
                 // What waited for it may follow now, in the order it came.
-                while !waiting.is_empty() {
+                loop {
                     let known = txn.state_vector();
-                    let Some(ready) = waiting.iter().position(|w| w.ready(&known)) else {
+                    let Some(ready) = pass.waiting.iter().position(|w| w.ready(&known)) else {
                         break;
                     };
-                    let entry = waiting.remove(ready);
-                    applied += 1;
-                    if let Some(update) = entry.decode() {
-                        integrate(&mut txn, update, &mut waiting, entry.asks);
+                    let entry = pass.waiting.remove(ready);
+                    if let Some(update) = entry.decode()
+                        && pass.place(&mut txn, update, entry.bytes.len(), entry.asks)
+                    {
+                        applied += 1;
                     }
                 }
             }
             Ok(())
         }));
+        drop(watch);
         self.updates.fetch_add(applied, Ordering::Relaxed);
-        let limits = self.limits();
         let mut bytes: usize = waiting.iter().map(|w| w.bytes.len()).sum();
         let mut over = 0;
         while waiting.len() - over > MAX_WAITING || bytes > limits.max_waiting_bytes {
@@ -258,12 +275,13 @@ impl SyncedDoc {
         }
         if over > 0 {
             waiting.drain(..over);
-            self.given_up.fetch_add(over as u64, Ordering::Relaxed);
             debug!(
                 "gave up `{over}` waiting updates, over `{MAX_WAITING}` or `{}` bytes; y-sync brings them if the room has them",
                 limits.max_waiting_bytes
             );
         }
+        self.given_up
+            .fetch_add(over as u64 + given_up, Ordering::Relaxed);
         self.waiting_bytes.store(bytes, Ordering::Relaxed);
         *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = waiting;
         result
@@ -324,7 +342,20 @@ impl SyncedDoc {
                 "gave up `{given_up}` updates still missing their history after `{MAX_ASKS}` asks; y-sync brings them when their holder is back"
             );
         }
-        let gap = self.gap_seen.load(Ordering::Relaxed) || !waiting.is_empty();
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(watch) = pending.as_mut() {
+            watch.asks += 1;
+            if watch.asks > MAX_ASKS {
+                self.doc.transact_mut_with(REMOTE_ORIGIN).prune_pending();
+                self.given_up
+                    .fetch_add(u64::from(watch.merges), Ordering::Relaxed);
+                *pending = None;
+                debug!(
+                    "gave up what yrs kept pending after `{MAX_ASKS}` asks of the room: what it builds on never came"
+                );
+            }
+        }
+        let gap = self.gap_seen.load(Ordering::Relaxed) || !waiting.is_empty() || pending.is_some();
         if !gap {
             return false;
         }
@@ -369,7 +400,7 @@ impl SyncedDoc {
     /// with the reason.
     pub(crate) fn apply_encoded(
         &self,
-        decoded: Vec<(PeerId, Update)>,
+        decoded: Vec<(PeerId, Update, usize)>,
         encoded: Vec<(PeerId, Vec<u8>)>,
         mut keep: impl FnMut(PeerId, &Update) -> bool + Send,
         refused: &mut Vec<(PeerId, DropReason)>,
@@ -380,14 +411,21 @@ impl SyncedDoc {
         decoded_in_turn(
             encoded,
             worth_a_thread,
-            |(from, bytes)| (from, decode_update(&bytes, &limits)),
+            |(from, bytes)| {
+                (
+                    from,
+                    decode_update(&bytes, &limits).map(|u| (u, bytes.len())),
+                )
+            },
             |incoming| {
-                let decoded = decoded.into_iter().map(|(from, u)| (from, Ok(u)));
+                let decoded = decoded
+                    .into_iter()
+                    .map(|(from, u, size)| (from, Ok((u, size))));
                 let mut updates =
                     decoded
                         .chain(incoming)
                         .filter_map(|(from, update)| match update {
-                            Ok(update) => keep(from, &update).then_some(update),
+                            Ok((update, size)) => keep(from, &update).then_some((update, size)),
                             Err(reason) => {
                                 refused.push((from, reason));
                                 None
@@ -399,36 +437,20 @@ impl SyncedDoc {
     }
 }
 
-/// A remote update that cannot go in yet, kept encoded: its bytes are what it costs to
-/// keep, and what [`DocLimits::max_waiting_bytes`] counts.
+/// A remote update that cannot go in yet (it starts past what this document has of
+/// a client's history), kept encoded: its bytes are what it costs to keep, and what
+/// [`DocLimits::max_waiting_bytes`] counts.
 struct Waiting {
     bytes: Vec<u8>,
     /// Where each client's blocks start: ready once the document has all before.
     lower: StateVector,
     /// Asks of the room since it began to wait.
     asks: u32,
-    /// For what yrs could not integrate of an update (it builds on items the
-    /// document lacks): the clients it misses, with the clock the document had of
-    /// each when it stalled. It is retried once one of them has more. `None` for an
-    /// update that waits for earlier clocks of its own clients (`lower`).
-    needs: Option<StateVector>,
 }
 
 impl Waiting {
-    fn hole(update: &Update) -> Self {
-        Self {
-            bytes: update.encode_v1(),
-            lower: update.state_vector_lower(),
-            asks: 0,
-            needs: None,
-        }
-    }
-
     fn ready(&self, known: &StateVector) -> bool {
-        match &self.needs {
-            Some(needs) => needs.iter().any(|(c, &clock)| known.get(c) > clock),
-            None => !self.lower.iter().any(|(c, &start)| start > known.get(c)),
-        }
+        !self.lower.iter().any(|(c, &start)| start > known.get(c))
     }
 
     /// Its update again. It passed the check when it arrived, and yrs encoded it.
@@ -439,36 +461,98 @@ impl Waiting {
     }
 }
 
-/// Applies `update`, and takes back out of yrs what it keeps pending (see
-/// [`SyncedDoc::apply_in_turn`]) into `waiting`.
-fn integrate(txn: &mut TransactionMut, update: Update, waiting: &mut Vec<Waiting>, asks: u32) {
-    // One that yrs refuses part-way (a parent that is not a type, say) keeps what it
-    // integrated; the frame's other updates still go in.
-    if let Err(error) = txn.apply_update(update) {
-        debug!("yrs refused part of a remote update: {error}");
-    }
-    if !txn.has_missing_updates() {
-        return;
-    }
-    let known = txn.state_vector();
-    let mut needs = StateVector::default();
-    if let Some(pending) = txn.store().pending_update() {
-        for (&client, &clock) in pending.missing.iter() {
-            needs.set_min(client, clock);
+/// Updates yrs keeps pending inside a document do not outgrow this many merged into
+/// them (each merge costs the size of what is pending) before they are given up.
+pub const MAX_PENDING_MERGES: u32 = 256;
+
+/// What yrs keeps pending in a document: since when (in asks of the room) and how much
+/// went into it.
+#[derive(Debug, Default)]
+struct PendingWatch {
+    merges: u32,
+    bytes: usize,
+    asks: u32,
+}
+
+/// One apply's view of what waits and what yrs keeps pending.
+struct Pass<'a> {
+    watch: &'a mut Option<PendingWatch>,
+    limits: &'a DocLimits,
+    given_up: &'a mut u64,
+    waiting: &'a mut Vec<Waiting>,
+}
+
+impl Pass<'_> {
+    /// Applies `update` if it leaves no hole (merged with what yrs keeps pending if it
+    /// continues that), or puts it with the waiting ones; returns whether it went in.
+    fn place(&mut self, txn: &mut TransactionMut, update: Update, size: usize, asks: u32) -> bool {
+        let known = txn.state_vector();
+        if !leaves_hole(&update, &known) {
+            self.integrate(txn, update, size);
+            return true;
         }
-    }
-    if let Some(deletes) = txn.store().pending_ds() {
-        for (&client, _) in deletes.iter() {
-            needs.set_min(client, known.get(&client));
+        // A catch-up piece after one that waits in yrs for a later piece continues the
+        // clients that wait: together they leave no hole.
+        if txn.has_missing_updates() {
+            let mut with_pending = known.clone();
+            if let Some(pending) = txn.store().pending_update() {
+                for (&client, ranges) in pending.update.insertions(true).iter() {
+                    if let Some(end) = ranges.iter().map(|r| r.end).max() {
+                        with_pending.set_max(client, end);
+                    }
+                }
+            }
+            if !leaves_hole(&update, &with_pending)
+                && let Some(pending) = txn.prune_pending()
+            {
+                let merged = Update::merge_updates([pending, update]);
+                self.integrate(txn, merged, size);
+                return true;
+            }
         }
-    }
-    if let Some(pending) = txn.prune_pending() {
-        waiting.push(Waiting {
-            bytes: pending.encode_v1(),
-            lower: pending.state_vector_lower(),
+        self.waiting.push(Waiting {
+            bytes: update.encode_v1(),
+            lower: update.state_vector_lower(),
             asks,
-            needs: Some(needs),
         });
+        false
+    }
+
+    /// Applies an update that leaves no hole, and bounds what yrs keeps pending after.
+    fn integrate(&mut self, txn: &mut TransactionMut, update: Update, size: usize) {
+        // One that yrs refuses part-way (a parent that is not a type, say) keeps what
+        // it integrated; the frame's other updates still go in.
+        let ends: Vec<(yrs::block::ClientID, u32)> = update
+            .insertions(true)
+            .iter()
+            .filter_map(|(&client, ranges)| Some((client, ranges.iter().map(|r| r.end).max()?)))
+            .collect();
+        if let Err(error) = txn.apply_update(update) {
+            debug!("yrs refused part of a remote update: {error}");
+        }
+        if !txn.has_missing_updates() {
+            *self.watch = None;
+            return;
+        }
+        // Whether this one stalled (some of its blocks did not go in), or went in
+        // beside what stays pending.
+        let known = txn.state_vector();
+        let stalled = ends.iter().any(|(client, end)| known.get(client) < *end);
+        let watch = self.watch.get_or_insert_with(PendingWatch::default);
+        if !stalled {
+            return;
+        }
+        watch.merges += 1;
+        watch.bytes += size;
+        if watch.merges > MAX_PENDING_MERGES || watch.bytes > self.limits.max_waiting_bytes {
+            debug!(
+                "gave up what yrs kept pending: `{}` updates, `{}` bytes, still missing what they build on",
+                watch.merges, watch.bytes
+            );
+            txn.prune_pending();
+            *self.given_up += u64::from(watch.merges);
+            *self.watch = None;
+        }
     }
 }
 
@@ -606,6 +690,89 @@ mod tests {
         assert_eq!(reader.waiting_updates(), pieces.len() - 2);
     }
 
+    /// A catch-up in pieces of a text three clients typed into at once, each piece
+    /// applied alone: items whose origins lie in later pieces wait for them, and the
+    /// document ends whole (whatever yrs cannot integrate yet waits in the crate, and
+    /// must not wait for ever on a piece that itself waits for it).
+    #[test]
+    fn pieces_of_interleaved_text_from_many_clients_end_whole() {
+        let authors: Vec<Doc> = (1..=3)
+            .map(|c| {
+                Doc::with_options(Options {
+                    client_id: yrs::block::ClientID::new(c),
+                    ..Options::default()
+                })
+            })
+            .collect();
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for round in 0..300 {
+            for author in &authors {
+                let text = author.get_or_insert_text("t");
+                let mut txn = author.transact_mut();
+                let len = text.len(&txn);
+                let at = if len == 0 { 0 } else { next() % (len + 1) };
+                text.insert(&mut txn, at, &format!("{round}-{} ", next() % 100));
+                if len > 50 && next() % 3 == 0 {
+                    text.remove_range(&mut txn, next() % (len - 10), 3);
+                }
+            }
+            // Everyone hears everyone now and then, so that items build on others'.
+            if round % 7 == 0 {
+                for a in 0..authors.len() {
+                    for b in 0..authors.len() {
+                        if a != b {
+                            let sv = authors[b].transact().state_vector();
+                            let diff = authors[a].transact().encode_diff_v1(&sv);
+                            authors[b]
+                                .transact_mut()
+                                .apply_update(Update::decode_v1(&diff).unwrap())
+                                .unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        let source = &authors[0];
+        let (whole, ends) = {
+            let txn = source.transact();
+            (
+                txn.encode_diff_v1(&StateVector::default()),
+                txn.state_vector(),
+            )
+        };
+        let expected = source
+            .get_or_insert_text("t")
+            .get_string(&source.transact());
+        for size in [512, 2 * 1024, 8 * 1024] {
+            let pieces = pieces::split(&whole, size, &ends).expect("cut");
+            let reader = SyncedDoc::new(Doc::new());
+            let mut refused = Vec::new();
+            for piece in &pieces {
+                reader
+                    .apply_encoded(
+                        Vec::new(),
+                        vec![(PeerId(1), piece.clone())],
+                        |_, _| true,
+                        &mut refused,
+                    )
+                    .unwrap();
+            }
+            assert!(refused.is_empty());
+            let got = reader
+                .doc()
+                .get_or_insert_text("t")
+                .get_string(&reader.doc().transact());
+            assert_eq!(got, expected, "pieces of {size} bytes ({})", pieces.len());
+            assert_eq!(reader.waiting_updates(), 0);
+        }
+    }
+
     /// An update that skips part of its client's history waits for it; the full
     /// state, whose garbage-collected range spans the hole, then applies cleanly.
     /// (Handed to yrs as they come, the out-of-order update leaves a "skip" in the
@@ -637,15 +804,15 @@ mod tests {
             Update::decode_v1(&author.transact().encode_diff_v1(&StateVector::default())).unwrap();
 
         let reader = SyncedDoc::new(Doc::new());
-        reader.apply_remote(vec![u0]).unwrap();
-        reader.apply_remote(vec![u2]).unwrap();
+        reader.apply_remote(vec![(u0, 0)]).unwrap();
+        reader.apply_remote(vec![(u2, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 1, "u2 must wait for u1");
         assert!(reader.wants_sync(Duration::ZERO));
         assert!(
             !reader.wants_sync(Duration::from_millis(10)),
             "rate limited"
         );
-        reader.apply_remote(vec![full]).unwrap();
+        reader.apply_remote(vec![(full, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 0);
         assert_eq!(reader.state_vector(), author.transact().state_vector());
         let reader_root = reader.doc().get_or_insert_map("m");
@@ -662,7 +829,7 @@ mod tests {
         let _u0 = update_of(&author, |txn| text.insert(txn, 0, "a"));
         let u1 = update_of(&author, |txn| text.insert(txn, 1, "b"));
         let reader = SyncedDoc::new(Doc::new());
-        reader.apply_remote(vec![u1]).unwrap();
+        reader.apply_remote(vec![(u1, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 1);
         let mut asks = 0;
         for n in 0..100u64 {

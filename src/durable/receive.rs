@@ -133,7 +133,7 @@ fn apply_catch_up(
     catch_up: Vec<(PeerId, Vec<u8>)>,
     refused: &mut Vec<(PeerId, DropReason)>,
 ) {
-    let saved: Vec<_> = doc.saved.drain(..).map(|u| (PeerId(0), u)).collect();
+    let saved: Vec<_> = doc.saved.drain(..).map(|u| (PeerId(0), u, 0)).collect();
     if saved.is_empty() && catch_up.is_empty() {
         return;
     }
@@ -218,7 +218,8 @@ fn judge_held(
             if allowed {
                 let waiting = doc.synced.waiting_updates();
                 let from = held.from;
-                if let Err(error) = doc.synced.apply_remote(vec![held.update]) {
+                let size = held.bytes.len();
+                if let Err(error) = doc.synced.apply_remote(vec![(held.update, size)]) {
                     error!("an update from `{from}` failed to apply: {error}");
                 }
                 if doc.synced.waiting_updates() < waiting {
