@@ -193,9 +193,8 @@ pub mod internals {
         doc.shadow_rebuilds()
     }
 
-    /// Whether yrs itself keeps any update pending in the room document (it should
-    /// never: what it would keep waits in the crate, bounded, see
-    /// [`DocLimits::max_waiting_bytes`](crate::doc::DocLimits::max_waiting_bytes)).
+    /// Whether yrs itself keeps any update pending in the room document (bounded:
+    /// see [`MAX_PENDING_MERGES`](crate::doc::MAX_PENDING_MERGES)).
     pub fn pending_in_yrs(doc: &SharedDoc) -> bool {
         use yrs::{ReadTxn, Transact};
         doc.synced().doc().transact().has_missing_updates()

@@ -37,6 +37,12 @@
 //!   every [`SYNC_RETRY`]). One still waiting after [`MAX_ASKS`] asks is given up and
 //!   counted ([`SharedDoc::given_up_updates`]): its history is not in the room, or it
 //!   was made up, and the room is no longer asked for it.
+//! - **Updates that build on what this peer lacks** (an item of another client, as a
+//!   catch-up piece can need one from a later piece) are kept pending by yrs, which
+//!   merges every later one that also stalls into them. That is bounded: past
+//!   [`MAX_PENDING_MERGES`] stalled updates, [`DocLimits::max_waiting_bytes`], or
+//!   [`MAX_ASKS`] asks of the room, what is pending is given up and counted. A piece
+//!   that continues what is pending is merged with it, so the two go in together.
 //!
 //! ```
 //! use bevy::prelude::*;
@@ -77,6 +83,7 @@ use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
+pub use engine::MAX_PENDING_MERGES;
 pub(crate) use engine::{Remote, SyncedDoc};
 pub use shared::{SharedDoc, SharedDocChanged};
 pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};
