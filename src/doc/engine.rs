@@ -522,11 +522,16 @@ impl Pass<'_> {
     fn integrate(&mut self, txn: &mut TransactionMut, update: Update, size: usize) {
         // One that yrs refuses part-way (a parent that is not a type, say) keeps what
         // it integrated; the frame's other updates still go in.
-        let ends: Vec<(yrs::block::ClientID, u32)> = update
-            .insertions(true)
-            .iter()
-            .filter_map(|(&client, ranges)| Some((client, ranges.iter().map(|r| r.end).max()?)))
-            .collect();
+        // Where its clients end, to tell afterwards whether it stalled beside what
+        // was pending already (with nothing pending before, anything pending after
+        // is its own).
+        let ends: Option<Vec<(yrs::block::ClientID, u32)>> = txn.has_missing_updates().then(|| {
+            update
+                .insertions(true)
+                .iter()
+                .filter_map(|(&client, ranges)| Some((client, ranges.iter().map(|r| r.end).max()?)))
+                .collect()
+        });
         if let Err(error) = txn.apply_update(update) {
             debug!("yrs refused part of a remote update: {error}");
         }
@@ -536,8 +541,10 @@ impl Pass<'_> {
         }
         // Whether this one stalled (some of its blocks did not go in), or went in
         // beside what stays pending.
-        let known = txn.state_vector();
-        let stalled = ends.iter().any(|(client, end)| known.get(client) < *end);
+        let stalled = ends.is_none_or(|ends| {
+            let known = txn.state_vector();
+            ends.iter().any(|(client, end)| known.get(client) < *end)
+        });
         let watch = self.watch.get_or_insert_with(PendingWatch::default);
         if !stalled {
             return;
