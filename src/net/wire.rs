@@ -434,7 +434,15 @@ fn decode_frame(
                     limit: MAX_BYE_LEN,
                 });
             }
-            Message::Bye(String::from_utf8_lossy(&body).into_owned())
+            // Invalid UTF-8 becomes U+FFFD (three bytes for one): cut to the limit
+            // again, so that what is read re-encodes as it was read.
+            let mut reason = String::from_utf8_lossy(&body).into_owned();
+            let mut end = reason.len().min(MAX_BYE_LEN);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            Message::Bye(reason)
         }
     };
     Ok(Frame::Message(message))
@@ -623,6 +631,26 @@ mod tests {
         }
         let message = decode_reassembled(&out.unwrap()).unwrap();
         assert_eq!(message, Message::Payload(Bytes::from(body)));
+    }
+
+    /// Found by the `wire` fuzz target: a reason of invalid UTF-8 grew past the limit
+    /// once each bad byte became U+FFFD, and did not re-encode as it was read.
+    #[test]
+    fn a_bye_of_invalid_utf8_reads_within_its_limit() {
+        let mut datagram = vec![PROTOCOL_VERSION, Kind::Bye as u8];
+        datagram.extend(std::iter::repeat_n(0xff, MAX_BYE_LEN));
+        let Ok(Frame::Message(message)) = decode(&Bytes::from(datagram), Channel::Reliable) else {
+            panic!("a bye of any bytes within the limit reads");
+        };
+        let Message::Bye(reason) = &message else {
+            unreachable!()
+        };
+        assert!(reason.len() <= MAX_BYE_LEN);
+        let again = encode(&message).unwrap();
+        assert_eq!(
+            decode(&again, Channel::Reliable).unwrap(),
+            Frame::Message(message)
+        );
     }
 
     #[test]
