@@ -11,6 +11,7 @@ mod budgets;
 mod connection;
 mod durable;
 mod foundation;
+mod fuzz_corpus;
 mod hostile;
 mod names;
 mod persistence;

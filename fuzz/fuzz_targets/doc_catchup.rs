@@ -1,0 +1,12 @@
+//! Fuzz target `doc_catchup`: see `harness::doc_catchup` and `fuzz/README.md`.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../harness.rs"]
+mod harness;
+mod panics;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    panics::install();
+    harness::doc_catchup(data);
+});
