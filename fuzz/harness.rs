@@ -609,24 +609,35 @@ fn doc_room() -> DocRoom {
     }
 }
 
+/// Runs `run` on the room in `cell`, built anew by `build` every `REBUILD_EVERY`
+/// inputs (`inputs` counts them), so that what the room holds does not grow without end.
+fn with_room<R>(
+    cell: &'static std::thread::LocalKey<RefCell<Option<R>>>,
+    inputs: fn(&mut R) -> &mut u32,
+    build: fn() -> R,
+    run: impl FnOnce(&mut R),
+) {
+    cell.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell
+            .as_mut()
+            .is_none_or(|room| *inputs(room) >= REBUILD_EVERY)
+        {
+            *cell = None;
+            *cell = Some(build());
+        }
+        let room = cell.as_mut().expect("just built");
+        *inputs(room) += 1;
+        run(room);
+    });
+}
+
 thread_local! {
     static DOC_ROOM_CELL: RefCell<Option<DocRoom>> = const { RefCell::new(None) };
 }
 
 fn with_doc_room(run: impl FnOnce(&mut DocRoom)) {
-    DOC_ROOM_CELL.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell
-            .as_ref()
-            .is_none_or(|room| room.inputs >= REBUILD_EVERY)
-        {
-            *cell = None;
-            *cell = Some(doc_room());
-        }
-        let room = cell.as_mut().expect("just built");
-        room.inputs += 1;
-        run(room);
-    });
+    with_room(&DOC_ROOM_CELL, |r| &mut r.inputs, doc_room, run);
 }
 
 /// Sends `body` as a `Doc` message from peer 1 to peer 0 and steps the room.
@@ -742,61 +753,56 @@ thread_local! {
 pub fn presence(data: &[u8]) {
     let mut reader = Reader::new(data);
     let mode = reader.byte();
-    PRESENCE_ROOM.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell
-            .as_ref()
-            .is_none_or(|room| room.inputs >= REBUILD_EVERY)
-        {
-            *cell = None;
-            *cell = Some(presence_room());
-        }
-        let state = cell.as_mut().expect("just built");
-        state.inputs += 1;
-        let room = &mut state.room;
-        match mode % 3 {
-            0 => {
-                let body = Bytes::copy_from_slice(reader.rest());
-                for channel in Channel::ALL {
-                    inject(room, 0, 1, channel, &Message::Presence(body.clone()));
+    with_room(
+        &PRESENCE_ROOM,
+        |r| &mut r.inputs,
+        presence_room,
+        |state| {
+            let room = &mut state.room;
+            match mode % 3 {
+                0 => {
+                    let body = Bytes::copy_from_slice(reader.rest());
+                    for channel in Channel::ALL {
+                        inject(room, 0, 1, channel, &Message::Presence(body.clone()));
+                    }
+                }
+                1 => {
+                    let mut n = 0;
+                    while !reader.is_empty() {
+                        let len = usize::from(reader.byte());
+                        let body = Bytes::copy_from_slice(reader.take(len));
+                        inject(room, 0, 1, Channel::ALL[n % 2], &Message::Presence(body));
+                        n += 1;
+                    }
+                }
+                _ => {
+                    let mut body = vec![1];
+                    let n = usize::from(reader.byte() % 140);
+                    let name = reader.take(n);
+                    varint(&mut body, name.len() as u64);
+                    body.extend_from_slice(name);
+                    body.extend_from_slice(reader.take(4));
+                    let extras = reader.byte() % 3;
+                    varint(&mut body, u64::from(extras));
+                    for _ in 0..extras {
+                        varint(&mut body, u64::from(reader.byte() % 3));
+                        let n = usize::from(reader.byte() % 8);
+                        let value = reader.take(n);
+                        varint(&mut body, value.len() as u64);
+                        body.extend_from_slice(value);
+                    }
+                    inject(
+                        room,
+                        0,
+                        1,
+                        Channel::Reliable,
+                        &Message::Presence(body.into()),
+                    );
                 }
             }
-            1 => {
-                let mut n = 0;
-                while !reader.is_empty() {
-                    let len = usize::from(reader.byte());
-                    let body = Bytes::copy_from_slice(reader.take(len));
-                    inject(room, 0, 1, Channel::ALL[n % 2], &Message::Presence(body));
-                    n += 1;
-                }
-            }
-            _ => {
-                let mut body = vec![1];
-                let n = usize::from(reader.byte() % 140);
-                let name = reader.take(n);
-                varint(&mut body, name.len() as u64);
-                body.extend_from_slice(name);
-                body.extend_from_slice(reader.take(4));
-                let extras = reader.byte() % 3;
-                varint(&mut body, u64::from(extras));
-                for _ in 0..extras {
-                    varint(&mut body, u64::from(reader.byte() % 3));
-                    let n = usize::from(reader.byte() % 8);
-                    let value = reader.take(n);
-                    varint(&mut body, value.len() as u64);
-                    body.extend_from_slice(value);
-                }
-                inject(
-                    room,
-                    0,
-                    1,
-                    Channel::Reliable,
-                    &Message::Presence(body.into()),
-                );
-            }
-        }
-        room.step_n(FRAMES_PER_INPUT);
-    });
+            room.step_n(FRAMES_PER_INPUT);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -900,52 +906,47 @@ pub fn transient(data: &[u8]) {
             }
         }
     }
-    TRANSIENT_ROOM.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell
-            .as_ref()
-            .is_none_or(|room| room.inputs >= REBUILD_EVERY)
-        {
-            *cell = None;
-            *cell = Some(transient_room());
-        }
-        let state = cell.as_mut().expect("just built");
-        state.inputs += 1;
-        let bodies = if mode.is_multiple_of(2) {
-            vec![rest]
-        } else {
-            let mut reader = Reader::new(&rest);
-            let tick = last_tick(&state.room)
-                .wrapping_add(u32::from(reader.byte()))
-                .wrapping_sub(64);
-            let mut entries = Vec::new();
-            for _ in 0..reader.byte() % 8 {
-                let type_index = u16::from(reader.byte() % 4);
-                let id = match pick(&state.ids, &mut reader) {
-                    Some(id) if !reader.byte().is_multiple_of(8) => *id,
-                    _ => NetId {
-                        creator: ReplicaId(u64::from(reader.u32())),
-                        counter: u64::from(reader.byte()),
-                    },
-                };
-                let n = usize::from(reader.byte() % 16);
-                let value = reader.take(n).to_vec();
-                entries.push((type_index, id, value));
+    with_room(
+        &TRANSIENT_ROOM,
+        |r| &mut r.inputs,
+        transient_room,
+        |state| {
+            let bodies = if mode.is_multiple_of(2) {
+                vec![rest]
+            } else {
+                let mut reader = Reader::new(&rest);
+                let tick = last_tick(&state.room)
+                    .wrapping_add(u32::from(reader.byte()))
+                    .wrapping_sub(64);
+                let mut entries = Vec::new();
+                for _ in 0..reader.byte() % 8 {
+                    let type_index = u16::from(reader.byte() % 4);
+                    let id = match pick(&state.ids, &mut reader) {
+                        Some(id) if !reader.byte().is_multiple_of(8) => *id,
+                        _ => NetId {
+                            creator: ReplicaId(u64::from(reader.u32())),
+                            counter: u64::from(reader.byte()),
+                        },
+                    };
+                    let n = usize::from(reader.byte() % 16);
+                    let value = reader.take(n).to_vec();
+                    entries.push((type_index, id, value));
+                }
+                let framing = [Framing::NotTransient, Framing::Prefixed, Framing::Prefixed];
+                bevy_peer_sync::internals::pack(tick, state.sender, entries, &framing)
+            };
+            for body in bodies {
+                inject(
+                    &mut state.room,
+                    0,
+                    1,
+                    Channel::Unreliable,
+                    &Message::Transient(body),
+                );
             }
-            let framing = [Framing::NotTransient, Framing::Prefixed, Framing::Prefixed];
-            bevy_peer_sync::internals::pack(tick, state.sender, entries, &framing)
-        };
-        for body in bodies {
-            inject(
-                &mut state.room,
-                0,
-                1,
-                Channel::Unreliable,
-                &Message::Transient(body),
-            );
-        }
-        state.room.step_n(FRAMES_PER_INPUT);
-    });
+            state.room.step_n(FRAMES_PER_INPUT);
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------

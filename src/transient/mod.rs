@@ -69,7 +69,9 @@ pub struct ApplyTransient;
 
 /// Commit the current transient values of an entity (one the local peer owns) to the
 /// durable document, e.g. when a drag ends: late joiners then start from it, and it
-/// survives its owner leaving. Transient values are stored there as their wire bytes.
+/// survives its owner leaving. Transient values are stored there as their wire bytes,
+/// and the owner's value becomes what its codec reads back from them (a quantized
+/// position is rounded), so that every peer holds the same committed state.
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitTransient {
     /// The entity.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bevy::ecs::component::Mutable;
 use bevy::prelude::*;
 
 use super::pack::{pack, tick_after};
@@ -122,15 +123,15 @@ pub(super) fn pack_transient(
 }
 
 /// Stages committed values of `T` for the durable document.
-pub(super) fn commit_transient<T: Component>(
+pub(super) fn commit_transient<T: Component<Mutability = Mutable>>(
     kind: Res<TransientType<T>>,
     local: Res<LocalPeer>,
     mut commits: MessageReader<CommitTransient>,
-    values: Query<(&NetId, &Owner, &T)>,
+    mut values: Query<(&NetId, &Owner, &mut T)>,
     mut staged: ResMut<DocWrites>,
 ) {
     for commit in commits.read() {
-        let Ok((id, owner, value)) = values.get(commit.entity) else {
+        let Ok((id, owner, mut value)) = values.get_mut(commit.entity) else {
             continue;
         };
         if owner.0 != Some(local.replica()) {
@@ -138,7 +139,12 @@ pub(super) fn commit_transient<T: Component>(
             continue;
         }
         let mut bytes = Vec::new();
-        (kind.codec.encode)(value, kind.codec.param, &mut bytes);
+        (kind.codec.encode)(&value, kind.codec.param, &mut bytes);
+        // The owner takes the value as committed (a lossy codec, quantized say, rounds
+        // it): every peer then holds the same committed state, the owner included.
+        if let Some(committed) = (kind.codec.decode)(&bytes, kind.codec.param) {
+            *value = committed;
+        }
         staged.push(*id, kind.index, yrs::Any::Buffer(bytes.into()));
     }
 }

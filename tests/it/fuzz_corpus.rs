@@ -331,7 +331,8 @@ fn forged_transient(tick: u64, creator: u64, counter: u64, step: u32) -> Vec<u8>
     body
 }
 
-fn save_with(update: &[u8]) -> Vec<u8> {
+/// A save file (the right magic, format and checksum) whose one section is `update`.
+pub(crate) fn save_with(update: &[u8]) -> Vec<u8> {
     let mut save = b"BPSY".to_vec();
     save.push(1);
     save.extend(7u64.to_le_bytes());

@@ -71,14 +71,7 @@ fn nested_maps_declaring_millions_of_entries_cost_their_size() {
     }
 
     // A save holding it: the right magic, format and checksum.
-    let mut save = b"BPSY".to_vec();
-    save.push(1);
-    save.extend(7u64.to_le_bytes());
-    save.push(1);
-    save.push(1);
-    save.extend((update.len() as u32).to_le_bytes());
-    save.extend(&update);
-    save.extend(crc32fast::hash(&save).to_le_bytes());
+    let save = crate::fuzz_corpus::save_with(&update);
     let (result, peak) = peak_during(|| decode_save(&save).map(|_| ()));
     assert!(result.is_err());
     assert!(peak < 4 * 1024, "{peak} bytes");

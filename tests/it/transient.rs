@@ -362,6 +362,33 @@ fn a_committed_value_outlives_its_owner() {
     assert_eq!(cursor_of(&mut room, c, id), Some(Cursor { step: 42 }));
 }
 
+/// A committed quantized position is the same on every peer, its owner included: the
+/// owner takes the value as committed (before, it kept its exact `f32` while everyone
+/// else held the rounded one, and the browser check once saw -77 on the owner and -76
+/// on a tab for a shape dropped at -76.5).
+#[test]
+fn a_committed_lossy_value_is_the_same_on_its_owner() {
+    let mut room = TestRoom::new(37);
+    let a = room.add_peer(setup);
+    let b = room.add_peer(setup);
+    assert!(room.step_until(5, TestRoom::fully_connected));
+    let entity = room
+        .app_mut(a)
+        .world_mut()
+        .spawn((Replicated, Transform::default()))
+        .id();
+    room.step_n(3);
+    let id = *room.app(a).world().get::<NetId>(entity).unwrap();
+    set_x(&mut room, a, entity, -76.503_14);
+    room.app_mut(a)
+        .world_mut()
+        .write_message(CommitTransient { entity });
+    room.step_n(60);
+    let (on_owner, on_peer) = (x_of(&room, a, id), x_of(&room, b, id));
+    assert_eq!(on_owner, on_peer);
+    assert!((on_owner + 76.5).abs() < 0.006, "{on_owner}");
+}
+
 /// Puts ten minutes on `peer`'s clock (the only app in the room yet) in ten frames,
 /// so that apps added after it start far behind.
 fn run_ten_minutes_alone(room: &mut TestRoom, peer: usize) {
