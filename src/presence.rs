@@ -245,14 +245,7 @@ pub fn encode_cursor(clock: u32, cursor: Option<Vec2>) -> Vec<u8> {
 fn encode_state(presence: &LocalPresence, registry: &SyncRegistry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.push(STATE);
-    let mut name = presence.name.as_str();
-    if name.len() > MAX_NAME_LEN {
-        let mut end = MAX_NAME_LEN;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        name = &name[..end];
-    }
+    let name = &presence.name[..presence.name.floor_char_boundary(MAX_NAME_LEN)];
     write_varint(&mut out, name.len() as u64);
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(&presence.color.to_srgba().to_u8_array());

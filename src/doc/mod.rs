@@ -69,6 +69,7 @@ mod engine;
 pub(crate) mod nesting;
 pub(crate) mod pieces;
 mod shared;
+mod stalled;
 mod sync;
 mod v1;
 
@@ -83,9 +84,9 @@ use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
-pub use engine::MAX_PENDING_MERGES;
 pub(crate) use engine::{Remote, SyncedDoc};
 pub use shared::{SharedDoc, SharedDocChanged};
+pub use stalled::MAX_PENDING_MERGES;
 pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};
 
 use crate::net::stats::DropReason;

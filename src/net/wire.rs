@@ -313,10 +313,7 @@ pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
         | Message::Presence(bytes) => [&header[..], bytes].concat(),
         Message::Ping(nonce) | Message::Pong(nonce) => [&header[..], &nonce.to_le_bytes()].concat(),
         Message::Bye(reason) => {
-            let mut end = reason.len().min(MAX_BYE_LEN);
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
+            let end = reason.floor_char_boundary(MAX_BYE_LEN);
             [&header[..], &reason.as_bytes()[..end]].concat()
         }
     };
@@ -437,11 +434,7 @@ fn decode_frame(
             // Invalid UTF-8 becomes U+FFFD (three bytes for one): cut to the limit
             // again, so that what is read re-encodes as it was read.
             let mut reason = String::from_utf8_lossy(&body).into_owned();
-            let mut end = reason.len().min(MAX_BYE_LEN);
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
+            reason.truncate(reason.floor_char_boundary(MAX_BYE_LEN));
             Message::Bye(reason)
         }
     };

@@ -1,0 +1,143 @@
+//! What cannot go into a document yet: remote updates that start past what it has of
+//! a client's history ([`Waiting`], kept by the crate, encoded), and the part of an
+//! update that builds on items it lacks, which yrs keeps pending inside the document
+//! ([`PendingWatch`] bounds it). [`Pass`] places each update of one apply.
+
+use bevy::prelude::*;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, TransactionMut, Update, WriteTxn};
+
+use super::{DocLimits, leaves_hole};
+
+/// A remote update that cannot go in yet (it starts past what this document has of
+/// a client's history), kept encoded: its bytes are what it costs to keep, and what
+/// [`DocLimits::max_waiting_bytes`] counts.
+pub(super) struct Waiting {
+    pub(super) bytes: Vec<u8>,
+    /// Where each client's blocks start: ready once the document has all before.
+    lower: StateVector,
+    /// Asks of the room since it began to wait.
+    pub(super) asks: u32,
+}
+
+impl Waiting {
+    pub(super) fn ready(&self, known: &StateVector) -> bool {
+        !self.lower.iter().any(|(c, &start)| start > known.get(c))
+    }
+
+    /// Its update again. It passed the check when it arrived, and yrs encoded it.
+    pub(super) fn decode(&self) -> Option<Update> {
+        Update::decode_v1(&self.bytes)
+            .inspect_err(|error| debug!("a waiting update did not decode again: {error}"))
+            .ok()
+    }
+}
+
+/// Updates yrs keeps pending inside a document do not outgrow this many merged into
+/// them (each merge costs the size of what is pending) before they are given up.
+pub const MAX_PENDING_MERGES: u32 = 256;
+
+/// What yrs keeps pending in a document: since when (in asks of the room) and how much
+/// went into it.
+#[derive(Debug, Default)]
+pub(super) struct PendingWatch {
+    pub(super) merges: u32,
+    pub(super) bytes: usize,
+    pub(super) asks: u32,
+}
+
+/// One apply's view of what waits and what yrs keeps pending.
+pub(super) struct Pass<'a> {
+    pub(super) watch: &'a mut Option<PendingWatch>,
+    pub(super) limits: &'a DocLimits,
+    pub(super) given_up: &'a mut u64,
+    pub(super) waiting: &'a mut Vec<Waiting>,
+}
+
+impl Pass<'_> {
+    /// Applies `update` if it leaves no hole (merged with what yrs keeps pending if it
+    /// continues that), or puts it with the waiting ones; returns whether it went in.
+    pub(super) fn place(
+        &mut self,
+        txn: &mut TransactionMut,
+        update: Update,
+        size: usize,
+        asks: u32,
+    ) -> bool {
+        let known = txn.state_vector();
+        if !leaves_hole(&update, &known) {
+            self.integrate(txn, update, size);
+            return true;
+        }
+        // A catch-up piece after one that waits in yrs for a later piece continues the
+        // clients that wait: together they leave no hole.
+        if txn.has_missing_updates() {
+            let mut with_pending = known.clone();
+            if let Some(pending) = txn.store().pending_update() {
+                for (&client, ranges) in pending.update.insertions(true).iter() {
+                    if let Some(end) = ranges.iter().map(|r| r.end).max() {
+                        with_pending.set_max(client, end);
+                    }
+                }
+            }
+            if !leaves_hole(&update, &with_pending)
+                && let Some(pending) = txn.prune_pending()
+            {
+                let merged = Update::merge_updates([pending, update]);
+                self.integrate(txn, merged, size);
+                return true;
+            }
+        }
+        self.waiting.push(Waiting {
+            bytes: update.encode_v1(),
+            lower: update.state_vector_lower(),
+            asks,
+        });
+        false
+    }
+
+    /// Applies an update that leaves no hole, and bounds what yrs keeps pending after.
+    fn integrate(&mut self, txn: &mut TransactionMut, update: Update, size: usize) {
+        // One that yrs refuses part-way (a parent that is not a type, say) keeps what
+        // it integrated; the frame's other updates still go in.
+        // Where its clients end, to tell afterwards whether it stalled beside what
+        // was pending already (with nothing pending before, anything pending after
+        // is its own).
+        let ends: Option<Vec<(yrs::block::ClientID, u32)>> = txn.has_missing_updates().then(|| {
+            update
+                .insertions(true)
+                .iter()
+                .filter_map(|(&client, ranges)| Some((client, ranges.iter().map(|r| r.end).max()?)))
+                .collect()
+        });
+        if let Err(error) = txn.apply_update(update) {
+            debug!("yrs refused part of a remote update: {error}");
+        }
+        if !txn.has_missing_updates() {
+            *self.watch = None;
+            return;
+        }
+        // Whether this one stalled (some of its blocks did not go in), or went in
+        // beside what stays pending.
+        let stalled = ends.is_none_or(|ends| {
+            let known = txn.state_vector();
+            ends.iter().any(|(client, end)| known.get(client) < *end)
+        });
+        let watch = self.watch.get_or_insert_with(PendingWatch::default);
+        if !stalled {
+            return;
+        }
+        watch.merges += 1;
+        watch.bytes += size;
+        if watch.merges > MAX_PENDING_MERGES || watch.bytes > self.limits.max_waiting_bytes {
+            debug!(
+                "gave up what yrs kept pending: `{}` updates, `{}` bytes, still missing what they build on",
+                watch.merges, watch.bytes
+            );
+            txn.prune_pending();
+            *self.given_up += u64::from(watch.merges);
+            *self.watch = None;
+        }
+    }
+}
