@@ -200,6 +200,12 @@ pub mod internals {
         doc.synced().doc().transact().has_missing_updates()
     }
 
+    /// Runs of items whose depth in shared types the room document keeps (see
+    /// [`MAX_TYPE_DEPTH`](crate::doc::MAX_TYPE_DEPTH)): a few per client and edit burst.
+    pub fn level_runs(doc: &SharedDoc) -> usize {
+        doc.synced().level_runs()
+    }
+
     /// Drops this frame's local edits of the room document before they leave, as if
     /// lost on the way. Returns whether there were any.
     pub fn drop_local_update(doc: &SharedDoc) -> bool {

@@ -39,9 +39,11 @@ use std::time::Duration;
 use bevy::prelude::*;
 use yrs::Update;
 
-use crate::doc::{DocLimits, SharedDoc, decode_update};
+use crate::doc::levels::Shape;
+use crate::doc::{Decoded, DocLimits, SharedDoc, decode_update};
 use crate::durable::EntityDoc;
 use crate::error::{PeerSyncError, SaveError};
+use crate::net::peer::PeerId;
 use crate::net::peer::{LocalPeer, ReplicaId};
 use crate::schedule::PeerSyncSystems;
 
@@ -192,6 +194,9 @@ pub struct DecodedSave {
     pub shared: Option<Update>,
     /// The entity document's state.
     pub entities: Option<Update>,
+    /// Where the items of each sit (shared, entities), for the documents' level
+    /// index (see `doc::levels`): a save is checked like any peer's update.
+    shapes: (Shape, Shape),
 }
 
 /// Checks and decodes a save. Any damage (wrong magic or format, bad checksum,
@@ -224,6 +229,7 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
         replica,
         shared: None,
         entities: None,
+        shapes: Default::default(),
     };
     let limits = DocLimits {
         max_update_size: u32::MAX as usize,
@@ -243,7 +249,7 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
         let scratch = yrs::Doc::new();
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             use yrs::Transact;
-            scratch.transact_mut().apply_update(update)
+            scratch.transact_mut().apply_update(update.update)
         }));
         let unappliable = |reason: String| SaveError::Unappliable { id, reason };
         match applied {
@@ -254,8 +260,14 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
         let update = decode_update(section, &limits)
             .map_err(|reason| SaveError::Undecodable { id, reason })?;
         match id {
-            SHARED if save.shared.is_none() => save.shared = Some(update),
-            ENTITIES if save.entities.is_none() => save.entities = Some(update),
+            SHARED if save.shared.is_none() => {
+                save.shared = Some(update.update);
+                save.shapes.0 = update.shape;
+            }
+            ENTITIES if save.entities.is_none() => {
+                save.entities = Some(update.update);
+                save.shapes.1 = update.shape;
+            }
             _ => return Err(SaveError::UnknownDocument(id)),
         }
     }
@@ -304,18 +316,24 @@ fn load_save(world: &mut World) {
             return fail(world, error);
         }
     };
+    let (shared_shape, entities_shape) = save.shapes;
     if let Some(update) = save.shared
-        && let Err(error) = world
-            .resource::<SharedDoc>()
-            .synced()
-            .apply_remote(vec![(update, 0)])
+        && let Err(error) = world.resource::<SharedDoc>().synced().apply_remote(vec![(
+            PeerId(0),
+            Decoded {
+                update,
+                shape: shared_shape,
+            },
+            0,
+        )])
     {
         error!("the saved shared document did not apply: {error}");
     }
     world.insert_resource(LocalPeer::with_replica(save.replica));
     match save.entities {
         Some(update) if world.contains_resource::<EntityDoc>() => {
-            crate::durable::restore(world, update);
+            let shape = entities_shape;
+            crate::durable::restore(world, Decoded { update, shape });
         }
         Some(_) => warn!(
             "the save at `{name}` holds entities, but this app registers no durable component; they stay in the file"

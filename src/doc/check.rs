@@ -22,8 +22,9 @@
 //! "Cannot tell" is a refusal: a layout this reader does not know is refused, never
 //! passed to yrs to judge.
 
-use bevy::platform::collections::{HashMap, HashSet};
+use bevy::platform::collections::HashSet;
 
+use super::levels::{Level, MAX_TYPE_DEPTH, Shape};
 use super::nesting::MAX_ANY_DEPTH;
 
 /// Estimated heap bytes yrs may allocate per byte of input, at most (see
@@ -35,9 +36,6 @@ pub(crate) const COST_PER_BYTE: usize = 32;
 /// frame's worth of typing, merged, costs yrs quadratically in the run: see
 /// [`Walk::run`]).
 pub(crate) const COST_SLACK: usize = 1024 * 1024;
-/// Shared types nested in one another within one update, at most.
-pub(crate) const MAX_TYPE_DEPTH: u32 = 32;
-
 /// Client ids are JavaScript-safe integers (below 2^53), as yrs makes them.
 const MAX_CLIENT: u64 = (1 << 53) - 1;
 /// Clocks stay below 2^31: yrs subtracts them as `i32` when it integrates.
@@ -241,16 +239,26 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Checks a v1 update from a peer (a live update, or a y-sync step 2).
-pub(crate) fn update(bytes: &[u8]) -> Checked<()> {
-    update_cost(bytes).map(|_| ())
+/// Checks a v1 update from a peer (a live update, or a y-sync step 2); the levels of
+/// its items (see [`levels`](super::levels)), for [`Levels::admit`](super::levels::Levels::admit).
+pub(crate) fn update(bytes: &[u8]) -> Checked<Shape> {
+    walk(bytes, false).map(|(_, shape)| shape)
+}
+
+/// The levels of the items of an update of this peer's own (committed by yrs): read
+/// the same way, but nothing refused for its cost or nesting. `None` for a layout the
+/// check does not know (a sub-document, say).
+pub(crate) fn local_shape(bytes: &[u8]) -> Option<Shape> {
+    walk(bytes, true).map(|(_, shape)| shape).ok()
 }
 
 /// What reading an update's blocks keeps track of.
 #[derive(Default)]
 struct Walk {
-    /// Shared types created in this update, by id: how deeply each is nested.
-    types: HashMap<(u64, u64), u32>,
+    /// Where each item sits.
+    shape: Shape,
+    /// This peer's own update: nothing refused for cost or nesting.
+    local: bool,
     /// The run of items of one client, each continuing the last, that yrs squashes
     /// into one when the transaction commits: `(content kind, content bytes so far)`.
     /// Squashing copies the run's content into each item from the right, and frees
@@ -260,11 +268,23 @@ struct Walk {
 }
 
 /// [`update`], and the estimated cost of the update.
+#[cfg(test)]
 fn update_cost(bytes: &[u8]) -> Checked<usize> {
+    walk(bytes, false).map(|(cost, _)| cost)
+}
+
+/// Reads an update: its estimated cost, and the levels of its items.
+fn walk(bytes: &[u8], local: bool) -> Checked<(usize, Shape)> {
     let mut r = Reader::new(bytes);
+    if local {
+        r.limit = usize::MAX;
+    }
     let clients = r.count(3)?;
     let mut seen: HashSet<u64> = HashSet::new();
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        local,
+        ..Walk::default()
+    };
     for _ in 0..clients {
         let blocks = r.count(2)?;
         let client = r.client()?;
@@ -284,7 +304,8 @@ fn update_cost(bytes: &[u8]) -> Checked<usize> {
     }
     delete_set(&mut r)?;
     r.end()?;
-    Ok(r.cost)
+    walk.shape.finish(local).map_err(|()| Refusal::Unsafe)?;
+    Ok((r.cost, walk.shape))
 }
 
 /// One block of `client` starting at `clock`; its length in clock ticks.
@@ -293,7 +314,15 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
     if info == GC {
         walk.run = None;
         r.charge(Cost::GC)?;
-        return r.u32();
+        let len = r.u32()?;
+        // Nothing nests in a collected block (yrs collects what builds on one).
+        walk.shape.push(
+            client,
+            clock as u32,
+            clock.saturating_add(len).min(u64::from(u32::MAX)) as u32,
+            Level::Known(0),
+        );
+        return Ok(len);
     }
     if info & 0b1111 == 10 {
         // A skip: honest encoders never send one, and yrs integrates one as a hole
@@ -302,6 +331,7 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
     }
     r.charge(Cost::ITEM)?;
     let mut left = None;
+    let mut right = None;
     for flag in [HAS_ORIGIN, HAS_RIGHT_ORIGIN] {
         if info & flag != 0 {
             let origin = r.client()?;
@@ -311,38 +341,56 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
             }
             if flag == HAS_ORIGIN {
                 left = Some((origin, origin_clock));
+            } else {
+                right = Some((origin, origin_clock));
             }
         }
     }
-    // How deeply a shared type in this item would nest: below its parent (named by
-    // id), or beside its left origin.
-    let mut depth = 1;
-    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
-        match r.u32()? {
+    // Where the item sits (see `levels`): under a root type, one below its parent
+    // (named by id), or beside its left origin (else its right one), as yrs places it.
+    let level = if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        let level = match r.u32()? {
             1 => {
                 r.string()?; // a root type's name
+                Level::Known(1)
             }
-            0 => {
-                let parent = (r.client()?, r.clock()?);
-                depth = walk.types.get(&parent).map_or(1, |d| d + 1);
-            }
+            0 => Level::After {
+                of: (r.client()?, r.clock()? as u32),
+                plus: 1,
+            },
             _ => return Err(Refusal::Layout),
-        }
+        };
         if info & HAS_PARENT_SUB != 0 {
             r.string()?;
         }
-    } else if let Some(origin) = left {
-        depth = walk.types.get(&origin).copied().unwrap_or(1);
-    }
+        level
+    } else {
+        let (of_client, of_clock) = left.or(right).expect("an origin was read");
+        Level::After {
+            of: (of_client, of_clock as u32),
+            plus: 0,
+        }
+    };
+    let level = walk.shape.settle(level);
     let kind = info & 0b1111;
     let start = r.at;
     let len = content(r, kind)?;
     if kind == 7 {
-        if depth > MAX_TYPE_DEPTH {
-            return Err(Refusal::Unsafe);
+        match level {
+            Level::Known(depth) if depth > MAX_TYPE_DEPTH && !walk.local => {
+                return Err(Refusal::Unsafe);
+            }
+            Level::Known(_) => {}
+            Level::Disputed if !walk.local => return Err(Refusal::Unsafe),
+            other => walk.shape.push_type((client, clock as u32), other),
         }
-        walk.types.insert((client, clock), depth);
     }
+    walk.shape.push(
+        client,
+        clock as u32,
+        clock.saturating_add(len).min(u64::from(u32::MAX)) as u32,
+        level,
+    );
     // Squashed with the item before it at commit when it continues it.
     let bytes = r.at - start;
     let continues = left == Some((client, clock.wrapping_sub(1)));
@@ -599,7 +647,7 @@ mod tests {
                 .encode_state_as_update_v1(&StateVector::default()),
         );
         for update in &updates {
-            assert_eq!(super::update(update), Ok(()), "{update:?}");
+            assert_eq!(super::update(update).map(drop), Ok(()), "{update:?}");
         }
         let sv = doc.transact().state_vector().encode_v1();
         assert_eq!(state_vector(&sv), Ok(()));
@@ -646,7 +694,7 @@ mod tests {
         }
         let mut padded = whole.clone();
         padded.push(0);
-        assert_eq!(update(&padded), Err(Refusal::Layout));
+        assert_eq!(update(&padded).map(drop), Err(Refusal::Layout));
     }
 
     /// Integers wider than their field, as yrs would wrap them, are refused.
@@ -655,7 +703,7 @@ mod tests {
         // One client, with its block count written in six bytes (2^35 to a u64 reader,
         // 8 to yrs' u32 one).
         assert_eq!(
-            update(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 1, 0]),
+            update(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01, 1, 0]).map(drop),
             Err(Refusal::Layout)
         );
         // A client id of 2^53.

@@ -10,9 +10,11 @@ use std::time::Duration;
 use bevy::prelude::*;
 use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
+use super::levels::{Admission, Levels, Shape};
 use super::stalled::{Pass, PendingWatch, Waiting};
 use super::{
-    DocLimits, MAX_ASKS, MAX_WAITING, REMOTE_ORIGIN, SYNC_RETRY, decode_update, leaves_hole, pieces,
+    Decoded, DocLimits, MAX_ASKS, MAX_WAITING, REMOTE_ORIGIN, SYNC_RETRY, check, decode_update,
+    leaves_hole, pieces,
 };
 use crate::net::peer::PeerId;
 use crate::net::stats::DropReason;
@@ -41,6 +43,8 @@ pub(crate) struct SyncedDoc {
     waiting_bytes: AtomicUsize,
     /// What yrs keeps pending in the document, if anything.
     pending: Mutex<Option<PendingWatch>>,
+    /// How deeply each item taken in sits in shared types (see [`super::levels`]).
+    levels: Arc<Mutex<Levels>>,
     /// Waiting updates given up after [`MAX_ASKS`] asks.
     given_up: AtomicU64,
     /// A live update was held for a hole (outside `waiting`) since the room was last
@@ -74,6 +78,8 @@ impl SyncedDoc {
     pub(crate) fn new(doc: Doc) -> Self {
         let local_updates = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&local_updates);
+        let levels = Arc::new(Mutex::new(Levels::default()));
+        let local_levels = Arc::clone(&levels);
         // Encode only local transactions: `observe_update_v1` would encode every
         // transaction, remote catch-ups of the whole document included, and then we
         // would throw those away.
@@ -83,9 +89,20 @@ impl SyncedDoc {
                 .is_some_and(|o| *o == Origin::from(REMOTE_ORIGIN));
             let changed = !txn.delete_set().is_empty() || txn.after_state() != txn.before_state();
             if !remote && changed {
+                let update = txn.encode_update_v1();
+                // Peers may build on these items: where they sit is recorded now.
+                match check::local_shape(&update) {
+                    Some(shape) => local_levels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record(&shape),
+                    None => debug!(
+                        "a local update's layout is not one the check reads: shared types peers nest in its items will wait"
+                    ),
+                }
                 sink.lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push(txn.encode_update_v1());
+                    .push(update);
             }
         })
         .expect("a new document has no transaction open");
@@ -96,6 +113,7 @@ impl SyncedDoc {
             waiting: Mutex::new(Vec::new()),
             waiting_bytes: AtomicUsize::new(0),
             pending: Mutex::new(None),
+            levels,
             given_up: AtomicU64::new(0),
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
@@ -202,8 +220,33 @@ impl SyncedDoc {
     /// An update that would leave a hole in a client's history waits (see the
     /// [module docs](self)) and is applied here, in a later call, once the hole is
     /// filled, and the plugin asks the room for the missing part.
-    pub(crate) fn apply_remote(&self, updates: Vec<(Update, usize)>) -> Result<(), String> {
-        self.apply_in_turn(&mut updates.into_iter()).map(|_| ())
+    /// Updates refused here (a shared type nested too deep) are dropped, logged.
+    pub(crate) fn apply_remote(
+        &self,
+        updates: Vec<(PeerId, Decoded, usize)>,
+    ) -> Result<(), String> {
+        let mut refused = Vec::new();
+        let applied = self.apply_in_turn(&mut updates.into_iter(), &mut refused);
+        for (from, reason) in refused {
+            debug!("refused an update from `{from}`: {reason:?}");
+        }
+        applied.map(|_| ())
+    }
+
+    /// Whether an update of this `shape` may go in now (see [`Levels::admit`]).
+    pub(crate) fn admit(&self, shape: &Shape) -> Admission {
+        self.levels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(shape)
+    }
+
+    /// Runs of items whose levels are recorded (see [`super::levels`]).
+    pub(crate) fn level_runs(&self) -> usize {
+        self.levels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .runs()
     }
 
     /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile),
@@ -221,7 +264,8 @@ impl SyncedDoc {
     /// for ever on the piece that waits for it).
     fn apply_in_turn(
         &self,
-        updates: &mut dyn Iterator<Item = (Update, usize)>,
+        updates: &mut dyn Iterator<Item = (PeerId, Decoded, usize)>,
+        refused: &mut Vec<(PeerId, DropReason)>,
     ) -> Result<u64, String> {
         // Waiting updates can only become ready once new remote history arrives: with
         // none, nothing to retry (this runs every frame).
@@ -232,6 +276,7 @@ impl SyncedDoc {
         let mut waiting =
             std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
         let mut watch = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut levels = self.levels.lock().unwrap_or_else(PoisonError::into_inner);
         let limits = self.limits();
         let mut applied = 0u64;
         let mut given_up = 0u64;
@@ -242,21 +287,27 @@ impl SyncedDoc {
                 limits: &limits,
                 given_up: &mut given_up,
                 waiting: &mut waiting,
+                levels: &mut levels,
+                refused,
             };
-            for (update, size) in updates {
-                if !pass.place(&mut txn, update, size, 0) {
+            for (from, decoded, size) in updates {
+                if !pass.place(&mut txn, from, decoded, size, 0) {
                     continue;
                 }
                 applied += 1;
                 // What waited for it may follow now, in the order it came.
                 loop {
                     let known = txn.state_vector();
-                    let Some(ready) = pass.waiting.iter().position(|w| w.ready(&known)) else {
+                    let Some(ready) = pass
+                        .waiting
+                        .iter()
+                        .position(|w| w.ready(&known, pass.levels))
+                    else {
                         break;
                     };
                     let entry = pass.waiting.remove(ready);
-                    if let Some(update) = entry.decode()
-                        && pass.place(&mut txn, update, entry.bytes.len(), entry.asks)
+                    if let Some(decoded) = entry.decode()
+                        && pass.place(&mut txn, entry.from, decoded, entry.bytes.len(), entry.asks)
                     {
                         applied += 1;
                     }
@@ -265,6 +316,7 @@ impl SyncedDoc {
             Ok(())
         }));
         drop(watch);
+        drop(levels);
         self.updates.fetch_add(applied, Ordering::Relaxed);
         let mut bytes: usize = waiting.iter().map(|w| w.bytes.len()).sum();
         let mut over = 0;
@@ -345,7 +397,13 @@ impl SyncedDoc {
         if let Some(watch) = pending.as_mut() {
             watch.asks += 1;
             if watch.asks > MAX_ASKS {
-                self.doc.transact_mut_with(REMOTE_ORIGIN).prune_pending();
+                let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+                txn.prune_pending();
+                self.levels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget_from(&txn.state_vector());
+                drop(txn);
                 self.given_up
                     .fetch_add(u64::from(watch.merges), Ordering::Relaxed);
                 *pending = None;
@@ -399,7 +457,7 @@ impl SyncedDoc {
     /// with the reason.
     pub(crate) fn apply_encoded(
         &self,
-        decoded: Vec<(PeerId, Update, usize)>,
+        decoded: Vec<(PeerId, Decoded, usize)>,
         encoded: Vec<(PeerId, Vec<u8>)>,
         mut keep: impl FnMut(PeerId, &Update) -> bool + Send,
         refused: &mut Vec<(PeerId, DropReason)>,
@@ -420,17 +478,25 @@ impl SyncedDoc {
                 let decoded = decoded
                     .into_iter()
                     .map(|(from, u, size)| (from, Ok((u, size))));
+                let mut decode_refused = Vec::new();
                 let mut updates =
                     decoded
                         .chain(incoming)
                         .filter_map(|(from, update)| match update {
-                            Ok((update, size)) => keep(from, &update).then_some((update, size)),
+                            Ok((decoded, size)) => {
+                                keep(from, &decoded.update).then_some((from, decoded, size))
+                            }
                             Err(reason) => {
-                                refused.push((from, reason));
+                                decode_refused.push((from, reason));
                                 None
                             }
                         });
-                self.apply_in_turn(&mut updates)
+                let mut apply_refused = Vec::new();
+                let applied = self.apply_in_turn(&mut updates, &mut apply_refused);
+                drop(updates);
+                refused.extend(decode_refused);
+                refused.extend(apply_refused);
+                applied
             },
         )
     }
@@ -508,10 +574,14 @@ mod tests {
     use yrs::updates::decoder::Decode;
     use yrs::{GetString, Map, MapPrelim, Options, Text};
 
-    fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Update {
+    fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Decoded {
         let before = doc.transact().state_vector();
         edit(&mut doc.transact_mut());
-        Update::decode_v1(&doc.transact().encode_diff_v1(&before)).unwrap()
+        decoded(&doc.transact().encode_diff_v1(&before))
+    }
+
+    fn decoded(bytes: &[u8]) -> Decoded {
+        decode_update(bytes, &DocLimits::default()).unwrap()
     }
 
     /// A large catch-up in pieces is decoded here and applied on the other thread: a
@@ -680,19 +750,18 @@ mod tests {
         });
         // Deleting the map garbage-collects x and y into one range.
         root.remove(&mut author.transact_mut(), "a");
-        let full =
-            Update::decode_v1(&author.transact().encode_diff_v1(&StateVector::default())).unwrap();
+        let full = decoded(&author.transact().encode_diff_v1(&StateVector::default()));
 
         let reader = SyncedDoc::new(Doc::new());
-        reader.apply_remote(vec![(u0, 0)]).unwrap();
-        reader.apply_remote(vec![(u2, 0)]).unwrap();
+        reader.apply_remote(vec![(PeerId(1), u0, 0)]).unwrap();
+        reader.apply_remote(vec![(PeerId(1), u2, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 1, "u2 must wait for u1");
         assert!(reader.wants_sync(Duration::ZERO));
         assert!(
             !reader.wants_sync(Duration::from_millis(10)),
             "rate limited"
         );
-        reader.apply_remote(vec![(full, 0)]).unwrap();
+        reader.apply_remote(vec![(PeerId(1), full, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 0);
         assert_eq!(reader.state_vector(), author.transact().state_vector());
         let reader_root = reader.doc().get_or_insert_map("m");
@@ -709,7 +778,7 @@ mod tests {
         let _u0 = update_of(&author, |txn| text.insert(txn, 0, "a"));
         let u1 = update_of(&author, |txn| text.insert(txn, 1, "b"));
         let reader = SyncedDoc::new(Doc::new());
-        reader.apply_remote(vec![(u1, 0)]).unwrap();
+        reader.apply_remote(vec![(PeerId(1), u1, 0)]).unwrap();
         assert_eq!(reader.waiting_updates(), 1);
         let mut asks = 0;
         for n in 0..100u64 {
@@ -739,7 +808,10 @@ mod tests {
         });
         let text = doc.get_or_insert_text("t");
         let whole = update_of(&doc, |txn| text.insert(txn, 0, "abcdef"));
-        assert!(!leaves_hole(&whole, &known), "overlaps what is known");
+        assert!(
+            !leaves_hole(&whole.update, &known),
+            "overlaps what is known"
+        );
         let doc = Doc::with_options(Options {
             client_id: yrs::block::ClientID::new(1),
             ..Options::default()
@@ -747,8 +819,11 @@ mod tests {
         let text = doc.get_or_insert_text("t");
         let _ = update_of(&doc, |txn| text.insert(txn, 0, "abcd"));
         let tail = update_of(&doc, |txn| text.insert(txn, 4, "ef"));
-        assert!(leaves_hole(&tail, &known), "starts at 4, known up to 3");
+        assert!(
+            leaves_hole(&tail.update, &known),
+            "starts at 4, known up to 3"
+        );
         known.set_max(yrs::block::ClientID::new(1), 4);
-        assert!(!leaves_hole(&tail, &known));
+        assert!(!leaves_hole(&tail.update, &known));
     }
 }

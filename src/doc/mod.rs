@@ -66,6 +66,7 @@
 
 pub(crate) mod check;
 mod engine;
+pub(crate) mod levels;
 pub(crate) mod nesting;
 pub(crate) mod pieces;
 mod shared;
@@ -85,6 +86,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
 pub(crate) use engine::{Remote, SyncedDoc};
+pub use levels::MAX_TYPE_DEPTH;
 pub use shared::{SharedDoc, SharedDocChanged};
 pub use stalled::MAX_PENDING_MERGES;
 pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};
@@ -197,13 +199,22 @@ pub(crate) fn leaves_hole(update: &Update, known: &StateVector) -> bool {
 ///
 /// yrs sees only what passed [`check::update`]: exactly an honest encoder's layout,
 /// with every count and length within the bytes, nesting bounded, and its estimated
-/// cost within a small multiple of its size.
-pub(crate) fn decode_update(bytes: &[u8], limits: &DocLimits) -> Result<Update, DropReason> {
+/// cost within a small multiple of its size. How deeply its shared types nest in the
+/// document is settled when it is applied (see [`levels`]).
+pub(crate) fn decode_update(bytes: &[u8], limits: &DocLimits) -> Result<Decoded, DropReason> {
     if bytes.len() > limits.max_update_size {
         return Err(DropReason::Oversized);
     }
-    check::update(bytes).map_err(refusal)?;
-    Update::decode_v1(bytes).map_err(|_| DropReason::Malformed)
+    let shape = check::update(bytes).map_err(refusal)?;
+    let update = Update::decode_v1(bytes).map_err(|_| DropReason::Malformed)?;
+    Ok(Decoded { update, shape })
+}
+
+/// A remote update that passed the check, decoded, with the levels of its items.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) update: Update,
+    pub(crate) shape: levels::Shape,
 }
 
 /// How a refusal of [`check`] is counted.

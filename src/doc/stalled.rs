@@ -1,35 +1,49 @@
 //! What cannot go into a document yet: remote updates that start past what it has of
-//! a client's history ([`Waiting`], kept by the crate, encoded), and the part of an
-//! update that builds on items it lacks, which yrs keeps pending inside the document
-//! ([`PendingWatch`] bounds it). [`Pass`] places each update of one apply.
+//! a client's history, or whose shared types build on items it has not taken in (so
+//! how deep they nest cannot be told: see [`levels`](super::levels)) ([`Waiting`],
+//! kept by the crate, encoded), and the part of an update that builds on items it
+//! lacks, which yrs keeps pending inside the document ([`PendingWatch`] bounds it).
+//! [`Pass`] places each update of one apply.
 
 use bevy::prelude::*;
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, TransactionMut, Update, WriteTxn};
 
-use super::{DocLimits, leaves_hole};
+use super::levels::{Admission, Id, Levels};
+use super::{Decoded, DocLimits, decode_update, leaves_hole};
+use crate::net::peer::PeerId;
+use crate::net::stats::DropReason;
 
 /// A remote update that cannot go in yet (it starts past what this document has of
-/// a client's history), kept encoded: its bytes are what it costs to keep, and what
+/// a client's history, or a shared type in it builds on an item not taken in), kept
+/// encoded: its bytes are what it costs to keep, and what
 /// [`DocLimits::max_waiting_bytes`] counts.
 pub(super) struct Waiting {
+    pub(super) from: PeerId,
     pub(super) bytes: Vec<u8>,
     /// Where each client's blocks start: ready once the document has all before.
     lower: StateVector,
+    /// The item a shared type in it builds on, not taken in when it was last tried.
+    blocked_on: Option<Id>,
     /// Asks of the room since it began to wait.
     pub(super) asks: u32,
 }
 
 impl Waiting {
-    pub(super) fn ready(&self, known: &StateVector) -> bool {
+    pub(super) fn ready(&self, known: &StateVector, levels: &Levels) -> bool {
         !self.lower.iter().any(|(c, &start)| start > known.get(c))
+            && self.blocked_on.is_none_or(|id| levels.has(id))
     }
 
-    /// Its update again. It passed the check when it arrived, and yrs encoded it.
-    pub(super) fn decode(&self) -> Option<Update> {
-        Update::decode_v1(&self.bytes)
-            .inspect_err(|error| debug!("a waiting update did not decode again: {error}"))
+    /// Its update again (checked again for its shape: it passed the check when it
+    /// arrived, and yrs encoded it).
+    pub(super) fn decode(&self) -> Option<Decoded> {
+        let limits = DocLimits {
+            max_update_size: usize::MAX,
+            ..DocLimits::default()
+        };
+        decode_update(&self.bytes, &limits)
+            .inspect_err(|reason| debug!("a waiting update did not decode again: {reason:?}"))
             .ok()
     }
 }
@@ -53,20 +67,39 @@ pub(super) struct Pass<'a> {
     pub(super) limits: &'a DocLimits,
     pub(super) given_up: &'a mut u64,
     pub(super) waiting: &'a mut Vec<Waiting>,
+    pub(super) levels: &'a mut Levels,
+    /// Updates refused here (a shared type nested too deep), with their senders.
+    pub(super) refused: &'a mut Vec<(PeerId, DropReason)>,
 }
 
 impl Pass<'_> {
     /// Applies `update` if it leaves no hole (merged with what yrs keeps pending if it
-    /// continues that), or puts it with the waiting ones; returns whether it went in.
+    /// continues that) and its shared types are admitted, or puts it with the waiting
+    /// ones, or refuses it (a type nested too deep); returns whether it went in.
     pub(super) fn place(
         &mut self,
         txn: &mut TransactionMut,
-        update: Update,
+        from: PeerId,
+        decoded: Decoded,
         size: usize,
         asks: u32,
     ) -> bool {
+        let Decoded { update, shape } = decoded;
+        let blocked_on = match self.levels.admit(&shape) {
+            Admission::Admitted => None,
+            Admission::TooDeep => {
+                debug!(
+                    "refused an update from `{from}`: a shared type in it would nest deeper than `{}`",
+                    super::MAX_TYPE_DEPTH
+                );
+                self.refused.push((from, DropReason::Malformed));
+                return false;
+            }
+            Admission::Waits(id) => Some(id),
+        };
         let known = txn.state_vector();
-        if !leaves_hole(&update, &known) {
+        if blocked_on.is_none() && !leaves_hole(&update, &known) {
+            self.levels.record(&shape);
             self.integrate(txn, update, size);
             return true;
         }
@@ -81,17 +114,21 @@ impl Pass<'_> {
                     }
                 }
             }
-            if !leaves_hole(&update, &with_pending)
+            if blocked_on.is_none()
+                && !leaves_hole(&update, &with_pending)
                 && let Some(pending) = txn.prune_pending()
             {
+                self.levels.record(&shape);
                 let merged = Update::merge_updates([pending, update]);
                 self.integrate(txn, merged, size);
                 return true;
             }
         }
         self.waiting.push(Waiting {
+            from,
             bytes: update.encode_v1(),
             lower: update.state_vector_lower(),
+            blocked_on,
             asks,
         });
         false
@@ -136,6 +173,7 @@ impl Pass<'_> {
                 watch.merges, watch.bytes
             );
             txn.prune_pending();
+            self.levels.forget_from(&txn.state_vector());
             *self.given_up += u64::from(watch.merges);
             *self.watch = None;
         }

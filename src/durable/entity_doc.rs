@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bevy::prelude::*;
-use yrs::{Doc, MapRef, Options, Update};
+use yrs::{Doc, MapRef, Options};
 
 use super::authority::{Shadow, Touched, observe_touches};
 use super::fields::ENTITIES;
-use crate::doc::{DocLimits, SyncedDoc};
+use crate::doc::{Decoded, DocLimits, SyncedDoc};
 use crate::entity::NetId;
 use crate::net::peer::{PeerId, ReplicaId};
 
@@ -19,7 +19,7 @@ pub(super) struct HeldUpdate {
     pub(super) from: PeerId,
     pub(super) replica: Option<ReplicaId>,
     /// Decoded once, on arrival; its bytes are decoded again only into the shadow.
-    pub(super) update: Update,
+    pub(super) update: Decoded,
     pub(super) bytes: Vec<u8>,
     pub(super) since: Duration,
 }
@@ -34,7 +34,7 @@ pub struct EntityDoc {
     pub(super) main_touched: Arc<Mutex<Touched>>,
     pub(super) held: VecDeque<HeldUpdate>,
     /// A saved state of this document, applied before any catch-up.
-    pub(super) saved: Vec<Update>,
+    pub(super) saved: Vec<Decoded>,
     /// Entities seen deleted from the document: edits racing their despawn are harmless.
     pub(super) tombstones: HashSet<String>,
     /// Entities not in the world because their owner is away
@@ -66,7 +66,7 @@ impl EntityDoc {
     /// A document for a replica restored from a save: its yrs client id is fresh
     /// (reusing one whose later edits may have reached peers but not the save would
     /// corrupt the document), while ownership stays with the replica id.
-    pub(crate) fn restored(state: Update) -> Self {
+    pub(crate) fn restored(state: Decoded) -> Self {
         let mut doc = Self::with_client_id(yrs::block::ClientID::random().get());
         doc.queue_saved(state);
         doc
@@ -99,7 +99,7 @@ impl EntityDoc {
 
     /// Queues a saved state of this document (see [`crate::persistence`]): applied
     /// like a y-sync catch-up, unchecked (it is this peer's own past state).
-    pub(crate) fn queue_saved(&mut self, update: Update) {
+    pub(crate) fn queue_saved(&mut self, update: Decoded) {
         self.saved.push(update);
     }
 

@@ -150,7 +150,7 @@ pub(crate) fn plugin(app: &mut App) {
 
 /// Replaces the entity document with one restored from a saved state (see
 /// [`EntityDoc::restored`]), synced in its place.
-pub(crate) fn restore(world: &mut World, state: yrs::Update) {
+pub(crate) fn restore(world: &mut World, state: crate::doc::Decoded) {
     let doc = EntityDoc::restored(state);
     world
         .resource_mut::<HostedDocs>()

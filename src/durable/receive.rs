@@ -12,7 +12,8 @@ use super::authority::{TOUCH_OBSERVER, attach_touch_observer};
 use super::entity_doc::{EntityDoc, HeldUpdate};
 use super::materialise::{Dirty, materialise};
 use super::{EntityDocConfig, OwnerLeftPolicy};
-use crate::doc::decode_update;
+use crate::doc::levels::Admission;
+use crate::doc::{Decoded, decode_update};
 use crate::entity::{NetId, Owner};
 use crate::net::peer::{
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId,
@@ -59,7 +60,7 @@ fn room_view(
 }
 
 /// A live update: decoded on arrival, with its bytes for the shadow.
-type Live = (PeerId, Update, Vec<u8>);
+type Live = (PeerId, Decoded, Vec<u8>);
 
 /// This frame's updates from peers: live ones decoded now (they may wait for their
 /// ownership, decoded), catch-up still encoded (decoded as it is applied).
@@ -191,7 +192,22 @@ fn judge_held(
         }
         // Out of order (an earlier update of its client has not arrived) or
         // missing what it builds on: it waits, and the room is asked for the rest.
-        let mut missing_history = doc.synced.would_leave_hole(&held.update);
+        let mut missing_history = doc.synced.would_leave_hole(&held.update.update);
+        // Its shared types must nest within the limit in the document before the
+        // shadow (a document like any other) takes it; one that builds on an item
+        // not taken in yet waits for it like one missing its history.
+        match doc.synced.admit(&held.update.shape) {
+            Admission::Admitted => {}
+            Admission::TooDeep => {
+                debug!(
+                    "refused an entity update from peer `{}`: a shared type in it nests too deep",
+                    held.from
+                );
+                refused.push((held.from, DropReason::Malformed));
+                continue;
+            }
+            Admission::Waits(_) => missing_history = true,
+        }
         if !missing_history {
             if doc.shadow.stale {
                 if rebuilt {
@@ -219,7 +235,7 @@ fn judge_held(
                 let waiting = doc.synced.waiting_updates();
                 let from = held.from;
                 let size = held.bytes.len();
-                if let Err(error) = doc.synced.apply_remote(vec![(held.update, size)]) {
+                if let Err(error) = doc.synced.apply_remote(vec![(from, held.update, size)]) {
                     error!("an update from `{from}` failed to apply: {error}");
                 }
                 if doc.synced.waiting_updates() < waiting {

@@ -90,6 +90,38 @@ pub fn deep_types(levels: u64) -> Vec<u8> {
     update
 }
 
+/// `updates` live updates of `client`, each nesting `per_update` shared types one in
+/// the next (the first in the last of the update before), then one deleting the
+/// outermost. Each nests no deeper than one update may, but together they nest
+/// `updates * per_update` deep, and yrs deletes nested types by recursion: some
+/// thousands deep overflow the stack (a tab's in the browser, whoever deletes).
+pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for u in 0..updates {
+        let mut update = vec![1];
+        varint(&mut update, per_update);
+        varint(&mut update, client);
+        varint(&mut update, u * per_update);
+        for k in u * per_update..(u + 1) * per_update {
+            if k == 0 {
+                update.extend([7, 1, 1, b'a', 0]);
+            } else {
+                update.extend([7, 0]);
+                varint(&mut update, client);
+                varint(&mut update, k - 1);
+                update.push(0);
+            }
+        }
+        update.push(0);
+        out.push(update);
+    }
+    let mut delete = vec![0, 1];
+    varint(&mut delete, client);
+    delete.extend([1, 0, 1]);
+    out.push(delete);
+    out
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {
@@ -170,6 +202,10 @@ pub fn datagrams(seed: u64) -> Vec<(Channel, Bytes)> {
                 &mut out,
                 doc_body(d, 2, &update_building_on_nothing(5_000 + n)),
             );
+        }
+        // 12,000 types deep, 30 an update: past a tab's stack when deleted.
+        for update in deep_types_across_updates(6_000 + u64::from(d), 400, 30) {
+            doc(&mut out, doc_body(d, 2, &update));
         }
         // Asks for everything, again and again.
         for _ in 0..20 {

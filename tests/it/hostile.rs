@@ -14,8 +14,8 @@ use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
-    deep_types, doc_body, nested_map_bomb, squash_run, state_vector_bomb,
-    update_building_on_nothing, varint, wrapped_length,
+    deep_types, deep_types_across_updates, doc_body, nested_map_bomb, squash_run,
+    state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -238,6 +238,91 @@ fn types_nested_deep_in_one_update_are_refused() {
             Err(DropReason::Malformed)
         );
     }
+}
+
+/// How deeply shared types nest under root array `a` of `txn`'s document, read
+/// without recursion.
+fn depth_under_a(txn: &mut bevy_peer_sync::yrs::TransactionMut) -> usize {
+    use bevy_peer_sync::yrs::{Array, Out, WriteTxn};
+    let root = txn.get_or_insert_array("a");
+    let mut open = vec![(root, 1)];
+    let mut deepest = 0;
+    while let Some((array, depth)) = open.pop() {
+        deepest = deepest.max(depth);
+        for value in array.iter(txn) {
+            if let Out::YArray(inner) = value {
+                open.push((inner, depth + 1));
+            }
+        }
+    }
+    deepest
+}
+
+/// Shared types nested across updates: 1,000 updates of 30 types each, the first in
+/// the last of the update before, then one deleting the outermost, on both documents,
+/// live and as catch-up. Each update alone is within the limit of one; together they
+/// nested 30,000 deep and the delete overflowed the receiver's stack (on `0d19dce` this
+/// test aborts). Now levels are known across updates: the second update of each run is
+/// refused and counted, those after wait for it and are given up, nothing nests deeper
+/// than `MAX_TYPE_DEPTH`, and the outermost deletes at no cost.
+#[test]
+fn types_nested_across_updates_stop_at_the_limit() {
+    let mut room = TestRoom::new(97);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut deletes = Vec::new();
+    for (n, (d, kind)) in [(0, 2), (0, 1), (1, 2)].into_iter().enumerate() {
+        let mut updates = deep_types_across_updates(70_000 + n as u64, 1_000, 30);
+        deletes.push(doc_body(d, kind, &updates.pop().expect("the delete")));
+        for update in updates {
+            inject(&mut room, a, b, doc_body(d, kind, &update));
+        }
+        room.step_n(2);
+    }
+    room.step_n(6 * 60 + 30);
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 3);
+    let depths = |room: &mut TestRoom| {
+        let world = room.app_mut(b).world_mut();
+        let shared = depth_under_a(&mut world.resource::<SharedDoc>().transact_mut());
+        let entities = world.resource::<bevy_peer_sync::durable::EntityDoc>();
+        let entities = depth_under_a(&mut bevy_peer_sync::internals::entity_doc_transact_mut(
+            entities,
+        ));
+        (shared, entities)
+    };
+    // The first update of each run went in (30 types under the root array), no more.
+    assert_eq!(depths(&mut room), (31, 31));
+    assert!(31 <= bevy_peer_sync::doc::MAX_TYPE_DEPTH as usize);
+    {
+        let shared = room.app(b).world().resource::<SharedDoc>();
+        assert_eq!(shared.waiting_updates(), 0);
+        assert!(
+            shared.given_up_updates() >= 2 * 998,
+            "{}",
+            shared.given_up_updates()
+        );
+    }
+    // Deleting the outermost costs its size.
+    for delete in deletes {
+        inject(&mut room, a, b, delete);
+    }
+    room.step_n(3);
+    assert_eq!(depths(&mut room), (1, 1));
+    // And the room goes on.
+    {
+        let doc = room.app(a).world().resource::<SharedDoc>();
+        let text = doc.text("notes");
+        text.push(&mut doc.transact_mut(), "still here");
+    }
+    room.step_n(3);
+    let notes = room
+        .app(b)
+        .world()
+        .resource::<SharedDoc>()
+        .text_string("notes");
+    assert_eq!(notes, "still here");
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
