@@ -233,12 +233,28 @@ impl SyncedDoc {
         applied.map(|_| ())
     }
 
-    /// Whether an update of this `shape` may go in now (see [`Levels::admit`]).
-    pub(crate) fn admit(&self, shape: &Shape) -> Admission {
-        self.levels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .admit(shape)
+    /// Whether an update of this `shape` may go in (see [`Levels::admit`]). One that
+    /// would let yrs integrate a shared type it keeps pending deeper than allowed
+    /// gives up what yrs keeps pending first (then `true`: a copy of this document
+    /// that took the same updates must be rebuilt).
+    pub(crate) fn admit(&self, shape: &Shape) -> (Admission, bool) {
+        let mut levels = self.levels.lock().unwrap_or_else(PoisonError::into_inner);
+        let admission = levels.admit(shape);
+        if admission == Admission::TooDeep || !levels.unblocks_too_deep(shape) {
+            return (admission, false);
+        }
+        let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+        txn.prune_pending();
+        levels.forget_from(&txn.state_vector());
+        drop(txn);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let merges = pending.take().map_or(1, |watch| watch.merges.max(1));
+        self.given_up
+            .fetch_add(u64::from(merges), Ordering::Relaxed);
+        debug!(
+            "gave up what yrs kept pending: an update would let a shared type in it nest too deep"
+        );
+        (admission, true)
     }
 
     /// Runs of items whose levels are recorded (see [`super::levels`]).
@@ -298,11 +314,7 @@ impl SyncedDoc {
                 // What waited for it may follow now, in the order it came.
                 loop {
                     let known = txn.state_vector();
-                    let Some(ready) = pass
-                        .waiting
-                        .iter()
-                        .position(|w| w.ready(&known, pass.levels))
-                    else {
+                    let Some(ready) = pass.waiting.iter().position(|w| w.ready(&known)) else {
                         break;
                     };
                     let entry = pass.waiting.remove(ready);
@@ -398,6 +410,7 @@ impl SyncedDoc {
             watch.asks += 1;
             if watch.asks > MAX_ASKS {
                 let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
+                // (`forget_from` also forgets the stalled shared types.)
                 txn.prune_pending();
                 self.levels
                     .lock()
@@ -572,7 +585,7 @@ fn second_core() -> bool {
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
-    use yrs::{GetString, Map, MapPrelim, Options, Text};
+    use yrs::{GetString, Map, MapPrelim, Options, Text, types::ToJson};
 
     fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Decoded {
         let before = doc.transact().state_vector();
@@ -671,6 +684,22 @@ mod tests {
                 if len > 50 && next() % 3 == 0 {
                     text.remove_range(&mut txn, next() % (len - 10), 3);
                 }
+                // Maps nested in one another's maps, keys overwritten: shared types
+                // whose level depends on other clients' items.
+                let mut map = txn.get_or_insert_map("m");
+                for _ in 0..next() % 4 {
+                    let key = format!("k{}", next() % 3);
+                    match map.get(&txn, &key) {
+                        Some(yrs::Out::YMap(inner)) => map = inner,
+                        _ => break,
+                    }
+                }
+                let key = format!("k{}", next() % 3);
+                if next() % 4 == 0 {
+                    map.insert(&mut txn, key, round as i64);
+                } else {
+                    map.insert(&mut txn, key, MapPrelim::default());
+                }
             }
             // Everyone hears everyone now and then, so that items build on others'.
             if round % 7 == 0 {
@@ -699,6 +728,7 @@ mod tests {
         let expected = source
             .get_or_insert_text("t")
             .get_string(&source.transact());
+        let expected_maps = source.get_or_insert_map("m").to_json(&source.transact());
         for size in [512, 2 * 1024, 8 * 1024] {
             let pieces = pieces::split(&whole, size, &ends).expect("cut");
             let reader = SyncedDoc::new(Doc::new());
@@ -719,8 +749,53 @@ mod tests {
                 .get_or_insert_text("t")
                 .get_string(&reader.doc().transact());
             assert_eq!(got, expected, "pieces of {size} bytes ({})", pieces.len());
+            let maps = reader
+                .doc()
+                .get_or_insert_map("m")
+                .to_json(&reader.doc().transact());
+            assert_eq!(maps, expected_maps, "maps in pieces of {size} bytes");
             assert_eq!(reader.waiting_updates(), 0);
         }
+    }
+
+    /// A shared type nested in a map a third peer made, whose update is still on its
+    /// way: its depth cannot be told yet, yrs keeps it pending (it builds on the
+    /// map), the level index keeps it as stalled, and both go in once the map comes.
+    #[test]
+    fn a_type_in_a_third_peers_map_waits_for_that_map() {
+        let author = |c| {
+            Doc::with_options(Options {
+                client_id: yrs::block::ClientID::new(c),
+                ..Options::default()
+            })
+        };
+        let (a, b) = (author(1), author(2));
+        let ua = update_of(&a, |txn| {
+            txn.get_or_insert_map("m")
+                .insert(txn, "inner", MapPrelim::default());
+        });
+        b.transact_mut()
+            .apply_update(
+                Update::decode_v1(&a.transact().encode_diff_v1(&StateVector::default())).unwrap(),
+            )
+            .unwrap();
+        let ub = update_of(&b, |txn| {
+            let Some(yrs::Out::YMap(inner)) = txn.get_or_insert_map("m").get(txn, "inner") else {
+                panic!("b has a's map");
+            };
+            inner.insert(txn, "deeper", MapPrelim::default());
+        });
+        let reader = SyncedDoc::new(Doc::new());
+        reader.apply_remote(vec![(PeerId(2), ub, 0)]).unwrap();
+        let stalled = || reader.levels.lock().unwrap().stalled_types();
+        assert!(reader.doc().transact().has_missing_updates());
+        assert_eq!(stalled(), 1, "b's map waits for a's");
+        reader.apply_remote(vec![(PeerId(1), ua, 0)]).unwrap();
+        assert!(!reader.doc().transact().has_missing_updates());
+        assert_eq!(stalled(), 0);
+        assert_eq!(reader.state_vector(), b.transact().state_vector());
+        let json = |doc: &Doc| doc.get_or_insert_map("m").to_json(&doc.transact());
+        assert_eq!(json(reader.doc()), json(&b));
     }
 
     /// An update that skips part of its client's history waits for it; the full

@@ -20,8 +20,12 @@
 //!
 //! - a shared type deeper than [`MAX_TYPE_DEPTH`] is refused, with its update;
 //! - one whose level cannot be told yet (it builds on an item not yet taken in, as an
-//!   update from a third peer may) waits, as yrs would make it wait, until that item
-//!   comes;
+//!   update from a third peer may, or a piece of a catch-up on a later piece) goes to
+//!   yrs, which keeps it pending until that item comes, as it must (yrs integrates per
+//!   client and block, so holding whole updates back here would deadlock pieces that
+//!   build on each other); it is kept as stalled, and an update that brings the item
+//!   it waits for is checked against it first: if it would let yrs integrate a type
+//!   too deep, what yrs keeps pending is given up before that update goes in;
 //! - an item two updates describe differently (an honest author never does: a peer
 //!   lying about another's history) counts at the deeper of the two levels, or when
 //!   that cannot be told, is disputed: nothing nested under it is admitted.
@@ -256,32 +260,85 @@ pub(crate) enum Admission {
     Admitted,
     /// A shared type would be too deep, or builds on disputed items: refused.
     TooDeep,
-    /// A shared type builds on an item not taken in yet: it waits for that item.
-    Waits(Id),
+    /// A shared type builds on an item not taken in yet (its depth cannot be told):
+    /// it may go in, as yrs keeps it pending until that item comes, and the item's
+    /// update is judged with it (see [`Levels::unblocks_too_deep`]).
+    Stalls(Id),
 }
+
+/// Shared types given to yrs before their depth could be told, at most; past this,
+/// what yrs keeps pending is given up.
+pub const MAX_STALLED_TYPES: usize = 65_536;
 
 /// The levels of every item a document took in (see the [module docs](self)).
 #[derive(Debug, Default)]
 pub(crate) struct Levels {
     runs: Runs,
+    /// Shared types yrs keeps pending because they build on an item it lacks, each
+    /// relative to that item, by its client and clock.
+    stalled: HashMap<u64, BTreeMap<u32, Vec<Level>>>,
+    stalled_count: usize,
 }
 
 impl Levels {
     /// Whether `shape`'s update may go into the document.
     pub(crate) fn admit(&self, shape: &Shape) -> Admission {
+        let mut stalls = None;
         for &(_, level) in &shape.types {
             match self.settle(level, shape) {
                 Ok(depth) if depth <= MAX_TYPE_DEPTH => {}
                 Ok(_) | Err(Unsettled::Refused) => return Admission::TooDeep,
-                Err(Unsettled::Missing(id)) => return Admission::Waits(id),
+                Err(Unsettled::Missing(id)) => stalls = Some(id),
             }
         }
-        Admission::Admitted
+        stalls.map_or(Admission::Admitted, Admission::Stalls)
     }
 
-    /// Whether item `id` is taken in (a waiting update's blocker has come).
-    pub(crate) fn has(&self, id: Id) -> bool {
-        self.runs.find(id).is_some()
+    /// Whether `shape`'s update brings an item that a stalled shared type builds on,
+    /// and so would let yrs integrate it, deeper than [`MAX_TYPE_DEPTH`] (or on
+    /// disputed items). Then what yrs keeps pending must be given up first.
+    pub(crate) fn unblocks_too_deep(&self, shape: &Shape) -> bool {
+        if self.stalled_count == 0 {
+            return false;
+        }
+        for (client, runs) in &shape.clients {
+            let Some(stalled) = self.stalled.get(client) else {
+                continue;
+            };
+            for &(start, end, _) in runs {
+                for level in stalled.range(start..end).flat_map(|(_, levels)| levels) {
+                    match self.settle(*level, shape) {
+                        Ok(depth) if depth <= MAX_TYPE_DEPTH => {}
+                        Ok(_) | Err(Unsettled::Refused) => return true,
+                        Err(Unsettled::Missing(_)) => {}
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Shared types yrs keeps pending whose depth cannot be told yet.
+    pub(crate) fn stalled_types(&self) -> usize {
+        self.stalled_count
+    }
+
+    /// Forgets the stalled types: yrs keeps nothing pending (or gave it up).
+    pub(crate) fn clear_stalled(&mut self) {
+        self.stalled.clear();
+        self.stalled_count = 0;
+    }
+
+    fn stall(&mut self, level: Level) {
+        if let Level::After { of, .. } = level {
+            self.stalled
+                .entry(of.0)
+                .or_default()
+                .entry(of.1)
+                .or_default()
+                .push(level);
+            self.stalled_count += 1;
+        }
     }
 
     /// The level of `level`, with `own` (the update it belongs to) looked in first.
@@ -295,8 +352,39 @@ impl Levels {
 
     /// Records the levels of an admitted update's items (before yrs integrates it:
     /// what it builds on is recorded by then, so later updates can build on it).
-    /// An item recorded before at another level is disputed.
+    /// An item recorded before at another level counts at the deeper, or is disputed.
+    /// Its shared types whose depth cannot be told yet are kept as stalled; stalled
+    /// ones whose item it brings are settled (the caller checked
+    /// [`Levels::unblocks_too_deep`] first) or wait on the next item of their chain.
     pub(crate) fn record(&mut self, shape: &Shape) {
+        self.record_runs(shape);
+        for &(_, level) in &shape.types {
+            let level = within(level, shape, &self.runs);
+            self.stall(level);
+        }
+        for (client, runs) in &shape.clients {
+            let Some(stalled) = self.stalled.get_mut(client) else {
+                continue;
+            };
+            let mut settled: Vec<Level> = Vec::new();
+            for &(start, end, _) in runs {
+                let clocks: Vec<u32> = stalled.range(start..end).map(|(&c, _)| c).collect();
+                for clock in clocks {
+                    settled.extend(stalled.remove(&clock).unwrap_or_default());
+                }
+            }
+            if stalled.is_empty() {
+                self.stalled.remove(client);
+            }
+            self.stalled_count -= settled.len();
+            for level in settled {
+                let level = within(level, &self.runs, &Runs::default());
+                self.stall(level);
+            }
+        }
+    }
+
+    fn record_runs(&mut self, shape: &Shape) {
         for (client, runs) in &shape.clients {
             // Mostly an update continues what the document has of each client.
             let first = runs.first().map_or(0, |run| run.0);
@@ -349,8 +437,8 @@ impl Levels {
         }
     }
 
-    /// Forgets what was recorded of `client` from `clock` on: items yrs was given and
-    /// then gave up (still pending when what they build on never came).
+    /// Forgets what was recorded past `known` (items yrs was given and then gave up,
+    /// still pending when what they build on never came), and the stalled types.
     pub(crate) fn forget_from(&mut self, known: &yrs::StateVector) {
         for (client, runs) in self.runs.clients.iter_mut() {
             let from = known.get(&yrs::block::ClientID::new(*client));
@@ -362,6 +450,7 @@ impl Levels {
             runs.split_off(&from);
         }
         self.runs.clients.retain(|_, runs| !runs.is_empty());
+        self.clear_stalled();
     }
 
     /// Runs recorded (each a few dozen bytes).
@@ -427,19 +516,22 @@ mod tests {
         assert_eq!(levels.runs(), 32);
     }
 
-    /// A type that builds on an item not taken in waits for it; relative levels
-    /// chain through later updates.
+    /// A type on an item not taken in stalls (yrs keeps it pending); an update that
+    /// brings that item is checked against it first, relative levels chaining
+    /// through later updates.
     #[test]
-    fn a_type_on_a_missing_item_waits_for_it() {
+    fn a_type_on_a_missing_item_stalls_until_the_item_comes() {
         let mut levels = Levels::default();
         let ty = Level::After {
             of: (2, 5),
             plus: 1,
         };
-        let waiting = shape(&[(1, 0, 1, ty)], &[((1, 0), ty)]);
-        assert_eq!(levels.admit(&waiting), Admission::Waits((2, 5)));
-        // Client 2's item comes, itself relative to client 3's.
-        levels.record(&shape(
+        let stalled = shape(&[(1, 0, 1, ty)], &[((1, 0), ty)]);
+        assert_eq!(levels.admit(&stalled), Admission::Stalls((2, 5)));
+        levels.record(&stalled);
+        assert_eq!(levels.stalled_types(), 1);
+        // Client 2's item comes, itself relative to client 3's: still stalled, on 3's.
+        let two = shape(
             &[(
                 2,
                 0,
@@ -450,10 +542,17 @@ mod tests {
                 },
             )],
             &[],
-        ));
-        assert_eq!(levels.admit(&waiting), Admission::Waits((3, 0)));
-        levels.record(&shape(&[(3, 0, 1, Level::Known(MAX_TYPE_DEPTH))], &[]));
-        assert_eq!(levels.admit(&waiting), Admission::TooDeep);
+        );
+        assert!(!levels.unblocks_too_deep(&two));
+        levels.record(&two);
+        assert_eq!(levels.stalled_types(), 1);
+        // Client 3's item at the limit would let the type in one too deep.
+        let three = shape(&[(3, 0, 1, Level::Known(MAX_TYPE_DEPTH))], &[]);
+        assert!(levels.unblocks_too_deep(&three));
+        let shallow = shape(&[(3, 0, 1, Level::Known(3))], &[]);
+        assert!(!levels.unblocks_too_deep(&shallow));
+        levels.record(&shallow);
+        assert_eq!(levels.stalled_types(), 0);
     }
 
     /// An item described twice at different levels counts at the deeper; described
@@ -490,7 +589,7 @@ mod tests {
         ));
         assert_eq!(levels.admit(&on(2)), Admission::TooDeep);
         assert_eq!(levels.admit(&on(3)), Admission::Admitted);
-        assert!(levels.has((1, 14)) && !levels.has((1, 15)));
+        assert!(levels.runs.find((1, 14)).is_some() && levels.runs.find((1, 15)).is_none());
     }
 
     #[test]
@@ -503,6 +602,7 @@ mod tests {
         let mut known = yrs::StateVector::default();
         known.set_max(yrs::block::ClientID::new(1), 6);
         levels.forget_from(&known);
-        assert!(levels.has((1, 5)) && !levels.has((1, 6)) && !levels.has((2, 0)));
+        let has = |id| levels.runs.find(id).is_some();
+        assert!(has((1, 5)) && !has((1, 6)) && !has((2, 0)));
     }
 }

@@ -1,38 +1,34 @@
 //! What cannot go into a document yet: remote updates that start past what it has of
-//! a client's history, or whose shared types build on items it has not taken in (so
-//! how deep they nest cannot be told: see [`levels`](super::levels)) ([`Waiting`],
-//! kept by the crate, encoded), and the part of an update that builds on items it
-//! lacks, which yrs keeps pending inside the document ([`PendingWatch`] bounds it).
-//! [`Pass`] places each update of one apply.
+//! a client's history ([`Waiting`], kept by the crate, encoded), and the part of an
+//! update that builds on items it lacks, which yrs keeps pending inside the document
+//! ([`PendingWatch`] bounds it; [`Levels`] watches the shared types in it, whose depth
+//! can only be told once what they build on comes). [`Pass`] places each update of
+//! one apply.
 
 use bevy::prelude::*;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, TransactionMut, Update, WriteTxn};
 
-use super::levels::{Admission, Id, Levels};
+use super::levels::{Admission, Levels, MAX_STALLED_TYPES};
 use super::{Decoded, DocLimits, decode_update, leaves_hole};
 use crate::net::peer::PeerId;
 use crate::net::stats::DropReason;
 
 /// A remote update that cannot go in yet (it starts past what this document has of
-/// a client's history, or a shared type in it builds on an item not taken in), kept
-/// encoded: its bytes are what it costs to keep, and what
+/// a client's history), kept encoded: its bytes are what it costs to keep, and what
 /// [`DocLimits::max_waiting_bytes`] counts.
 pub(super) struct Waiting {
     pub(super) from: PeerId,
     pub(super) bytes: Vec<u8>,
     /// Where each client's blocks start: ready once the document has all before.
     lower: StateVector,
-    /// The item a shared type in it builds on, not taken in when it was last tried.
-    blocked_on: Option<Id>,
     /// Asks of the room since it began to wait.
     pub(super) asks: u32,
 }
 
 impl Waiting {
-    pub(super) fn ready(&self, known: &StateVector, levels: &Levels) -> bool {
+    pub(super) fn ready(&self, known: &StateVector) -> bool {
         !self.lower.iter().any(|(c, &start)| start > known.get(c))
-            && self.blocked_on.is_none_or(|id| levels.has(id))
     }
 
     /// Its update again (checked again for its shape: it passed the check when it
@@ -85,20 +81,25 @@ impl Pass<'_> {
         asks: u32,
     ) -> bool {
         let Decoded { update, shape } = decoded;
-        let blocked_on = match self.levels.admit(&shape) {
-            Admission::Admitted => None,
-            Admission::TooDeep => {
-                debug!(
-                    "refused an update from `{from}`: a shared type in it would nest deeper than `{}`",
-                    super::MAX_TYPE_DEPTH
-                );
-                self.refused.push((from, DropReason::Malformed));
-                return false;
-            }
-            Admission::Waits(id) => Some(id),
-        };
+        if self.levels.admit(&shape) == Admission::TooDeep {
+            debug!(
+                "refused an update from `{from}`: a shared type in it would nest deeper than `{}`",
+                super::MAX_TYPE_DEPTH
+            );
+            self.refused.push((from, DropReason::Malformed));
+            return false;
+        }
+        // Shared types yrs keeps pending, deeper than allowed once this update brings
+        // what they build on: given up before it can let yrs integrate them.
+        if txn.has_missing_updates() && self.levels.unblocks_too_deep(&shape) {
+            debug!(
+                "gave up what yrs kept pending: `{from}`'s update would let a shared type in it nest deeper than `{}`",
+                super::MAX_TYPE_DEPTH
+            );
+            self.give_up_pending(txn);
+        }
         let known = txn.state_vector();
-        if blocked_on.is_none() && !leaves_hole(&update, &known) {
+        if !leaves_hole(&update, &known) {
             self.levels.record(&shape);
             self.integrate(txn, update, size);
             return true;
@@ -114,8 +115,7 @@ impl Pass<'_> {
                     }
                 }
             }
-            if blocked_on.is_none()
-                && !leaves_hole(&update, &with_pending)
+            if !leaves_hole(&update, &with_pending)
                 && let Some(pending) = txn.prune_pending()
             {
                 self.levels.record(&shape);
@@ -128,7 +128,6 @@ impl Pass<'_> {
             from,
             bytes: update.encode_v1(),
             lower: update.state_vector_lower(),
-            blocked_on,
             asks,
         });
         false
@@ -153,6 +152,7 @@ impl Pass<'_> {
         }
         if !txn.has_missing_updates() {
             *self.watch = None;
+            self.levels.clear_stalled();
             return;
         }
         // Whether this one stalled (some of its blocks did not go in), or went in
@@ -167,15 +167,26 @@ impl Pass<'_> {
         }
         watch.merges += 1;
         watch.bytes += size;
-        if watch.merges > MAX_PENDING_MERGES || watch.bytes > self.limits.max_waiting_bytes {
+        if watch.merges > MAX_PENDING_MERGES
+            || watch.bytes > self.limits.max_waiting_bytes
+            || self.levels.stalled_types() > MAX_STALLED_TYPES
+        {
             debug!(
-                "gave up what yrs kept pending: `{}` updates, `{}` bytes, still missing what they build on",
-                watch.merges, watch.bytes
+                "gave up what yrs kept pending: `{}` updates, `{}` bytes, `{}` shared types, still missing what they build on",
+                watch.merges,
+                watch.bytes,
+                self.levels.stalled_types()
             );
-            txn.prune_pending();
-            self.levels.forget_from(&txn.state_vector());
-            *self.given_up += u64::from(watch.merges);
-            *self.watch = None;
+            self.give_up_pending(txn);
+        }
+    }
+
+    /// Gives up what yrs keeps pending (counted), and what was recorded of it.
+    fn give_up_pending(&mut self, txn: &mut TransactionMut) {
+        txn.prune_pending();
+        self.levels.forget_from(&txn.state_vector());
+        if let Some(watch) = self.watch.take() {
+            *self.given_up += u64::from(watch.merges.max(1));
         }
     }
 }

@@ -122,6 +122,41 @@ pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> 
     out
 }
 
+/// [`deep_types_across_updates`], but each update from a client of its own
+/// (`first_client` on), so that sent in reverse none leaves a hole: each builds on an
+/// item the receiver does not have yet, and yrs keeps it pending until the first
+/// comes, then integrates the whole chain at once.
+pub fn deep_types_across_clients(first_client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for u in 0..updates {
+        let client = first_client + u;
+        let mut update = vec![1];
+        varint(&mut update, per_update);
+        varint(&mut update, client);
+        update.push(0);
+        for k in 0..per_update {
+            match (u, k) {
+                (0, 0) => update.extend([7, 1, 1, b'a', 0]),
+                (_, 0) => {
+                    update.extend([7, 0]);
+                    varint(&mut update, client - 1);
+                    varint(&mut update, per_update - 1);
+                    update.push(0);
+                }
+                _ => {
+                    update.extend([7, 0]);
+                    varint(&mut update, client);
+                    varint(&mut update, k - 1);
+                    update.push(0);
+                }
+            }
+        }
+        update.push(0);
+        out.push(update);
+    }
+    out
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {

@@ -14,8 +14,8 @@ use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
-    deep_types, deep_types_across_updates, doc_body, nested_map_bomb, squash_run,
-    state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
+    deep_types, deep_types_across_clients, deep_types_across_updates, doc_body, nested_map_bomb,
+    squash_run, state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -323,6 +323,47 @@ fn types_nested_across_updates_stop_at_the_limit() {
         .resource::<SharedDoc>()
         .text_string("notes");
     assert_eq!(notes, "still here");
+}
+
+/// The same chain with each update from a client of its own, sent in reverse (250
+/// updates of 30 types): none leaves a hole, each builds on an item the receiver does
+/// not have, so yrs keeps them pending and integrated all 7,500 levels at once when
+/// the first came. Now the types yrs keeps pending are watched: the first update,
+/// which would let them in 60 deep and more, makes the receiver give up what yrs
+/// keeps pending before it goes in; on both documents.
+#[test]
+fn types_nested_across_clients_pending_in_yrs_stop_at_the_limit() {
+    let mut room = TestRoom::new(98);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    for (d, first_client) in [(0, 80_000), (1, 90_000)] {
+        let updates = deep_types_across_clients(first_client, 250, 30);
+        for update in updates.iter().rev() {
+            inject(&mut room, a, b, doc_body(d, 2, update));
+            // (Past 256 stalled updates yrs' pending store is given up anyway.)
+        }
+        room.step_n(2);
+    }
+    room.step_n(4 * 60);
+    let world = room.app_mut(b).world_mut();
+    let shared = depth_under_a(&mut world.resource::<SharedDoc>().transact_mut());
+    let entities = world.resource::<bevy_peer_sync::durable::EntityDoc>();
+    let entities = depth_under_a(&mut bevy_peer_sync::internals::entity_doc_transact_mut(
+        entities,
+    ));
+    // (The entity document's held updates are tried one shadow rebuild a frame, so the
+    // first may not have had its turn yet.)
+    assert_eq!(shared, 31);
+    assert!(entities <= 31, "{entities}");
+    let shared = world.resource::<SharedDoc>();
+    assert!(!bevy_peer_sync::internals::pending_in_yrs(shared));
+    assert!(
+        shared.given_up_updates() >= 249,
+        "{}",
+        shared.given_up_updates()
+    );
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
