@@ -283,6 +283,7 @@ fn walk(bytes: &[u8], local: bool) -> Checked<(usize, Shape)> {
     let mut seen: HashSet<u64> = HashSet::new();
     let mut walk = Walk {
         local,
+        shape: Shape::for_bytes(bytes.len()),
         ..Walk::default()
     };
     for _ in 0..clients {
@@ -354,10 +355,7 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
                 r.string()?; // a root type's name
                 Level::Known(1)
             }
-            0 => Level::After {
-                of: (r.client()?, r.clock()? as u32),
-                plus: 1,
-            },
+            0 => Level::after((r.client()?, r.clock()? as u32), 1),
             _ => return Err(Refusal::Layout),
         };
         if info & HAS_PARENT_SUB != 0 {
@@ -365,13 +363,25 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
         }
         level
     } else {
-        let (of_client, of_clock) = left.or(right).expect("an origin was read");
-        Level::After {
-            of: (of_client, of_clock as u32),
-            plus: 0,
+        // yrs takes the left origin's parent, or the right's when the left is a
+        // collected block (or has no left origin).
+        let id = |(client, clock): (u64, u64)| (client, clock as u32);
+        match (left, right) {
+            (Some(left), _) => Level::after(id(left), 0),
+            (None, Some(right)) => Level::after(id(right), 0),
+            (None, None) => return Err(Refusal::Layout),
         }
     };
-    let level = walk.shape.settle(level);
+    let mut level = walk.shape.settle(level);
+    if let (Some(_), Some(right)) = (left, right) {
+        let right = (right.0, right.1 as u32);
+        if level == Level::Known(0) {
+            // The left origin is a collected block: yrs places the item by the right.
+            level = walk.shape.settle(Level::after(right, 0));
+        } else if !walk.shape.pair(level, right) && !walk.local {
+            return Err(Refusal::Unsafe);
+        }
+    }
     let kind = info & 0b1111;
     let start = r.at;
     let len = content(r, kind)?;

@@ -92,10 +92,13 @@ impl SyncedDoc {
                 let update = txn.encode_update_v1();
                 // Peers may build on these items: where they sit is recorded now.
                 match check::local_shape(&update) {
-                    Some(shape) => local_levels
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .record(&shape),
+                    Some(shape) => {
+                        // (Out of budget only for updates of a peer's making.)
+                        let _ = local_levels
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .record(&shape, |_| u32::MAX);
+                    }
                     None => debug!(
                         "a local update's layout is not one the check reads: shared types peers nest in its items will wait"
                     ),
@@ -233,28 +236,12 @@ impl SyncedDoc {
         applied.map(|_| ())
     }
 
-    /// Whether an update of this `shape` may go in (see [`Levels::admit`]). One that
-    /// would let yrs integrate a shared type it keeps pending deeper than allowed
-    /// gives up what yrs keeps pending first (then `true`: a copy of this document
-    /// that took the same updates must be rebuilt).
-    pub(crate) fn admit(&self, shape: &Shape) -> (Admission, bool) {
-        let mut levels = self.levels.lock().unwrap_or_else(PoisonError::into_inner);
-        let admission = levels.admit(shape);
-        if admission == Admission::TooDeep || !levels.unblocks_too_deep(shape) {
-            return (admission, false);
-        }
-        let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
-        txn.prune_pending();
-        levels.forget_from(&txn.state_vector());
-        drop(txn);
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let merges = pending.take().map_or(1, |watch| watch.merges.max(1));
-        self.given_up
-            .fetch_add(u64::from(merges), Ordering::Relaxed);
-        debug!(
-            "gave up what yrs kept pending: an update would let a shared type in it nest too deep"
-        );
-        (admission, true)
+    /// Whether an update of this `shape` may go in (see [`Levels::admit`]).
+    pub(crate) fn admit(&self, shape: &Shape) -> Admission {
+        self.levels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(shape)
     }
 
     /// Runs of items whose levels are recorded (see [`super::levels`]).

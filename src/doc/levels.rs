@@ -6,29 +6,32 @@
 //! overflows the stack the first time its top is deleted: the process aborts (a tab
 //! in the browser), whoever deletes it. [`check`](super::check) bounds the nesting
 //! within one update, but a peer can nest each update's types in the last's, so the
-//! bound must hold for the document: a new shared type may sit at most
-//! [`MAX_TYPE_DEPTH`] deep, counted from the root through every update before it.
+//! bound must hold for the document.
 //!
 //! yrs 0.28 does not say where an item sits (its block store is private), so this
-//! module keeps it: [`Levels`] maps every item this document took in (remote ones when
-//! they are admitted, local ones as they are committed) to its level, by clock range
-//! per client. An item's level follows from the update alone: a root type's items are at
-//! level 1, an item under a named parent one below that parent, an item with an
-//! origin beside it. So [`check`](super::check) works out each update's
-//! [`Shape`] as it reads it, levels relative to items of other updates where it must,
-//! and [`Levels::admit`] settles those against what came before:
+//! module keeps it: [`Levels`] maps every item a document took in (remote ones as yrs
+//! takes them, local ones as they are committed) to its level, by clock range per
+//! client. An item's level follows from its update alone, as yrs places it: a root
+//! type's items are at level 1, an item under a named parent one below that parent, an
+//! item with origins beside them (yrs takes the left origin's parent, or the right's
+//! when the left is a collected block; the deeper of the two is counted, and for an
+//! honest item they are the same). [`check`](super::check) works out each update's
+//! [`Shape`] as it reads it, relative to other updates' items where it must, and
+//! [`Levels::admit`] settles it against what came before:
 //!
 //! - a shared type deeper than [`MAX_TYPE_DEPTH`] is refused, with its update;
-//! - one whose level cannot be told yet (it builds on an item not yet taken in, as an
-//!   update from a third peer may, or a piece of a catch-up on a later piece) goes to
-//!   yrs, which keeps it pending until that item comes, as it must (yrs integrates per
-//!   client and block, so holding whole updates back here would deadlock pieces that
-//!   build on each other); it is kept as stalled, and an update that brings the item
-//!   it waits for is checked against it first: if it would let yrs integrate a type
-//!   too deep, what yrs keeps pending is given up before that update goes in;
-//! - an item two updates describe differently (an honest author never does: a peer
-//!   lying about another's history) counts at the deeper of the two levels, or when
-//!   that cannot be told, is disputed: nothing nested under it is admitted.
+//! - one whose level cannot be told yet (it builds on an item not in yet, as an update
+//!   from a third peer may, or a piece of a catch-up on a later piece) goes to yrs,
+//!   which keeps it pending until that item comes (yrs integrates per client and
+//!   block: holding whole updates back here deadlocks pieces that build on each
+//!   other), if it sits at most [`MAX_TYPE_DEPTH`] below that item. It is kept as
+//!   stalled, and the update that brings the item is refused if it would let the type
+//!   in deeper than [`MAX_SETTLED_DEPTH`], or still relative and more than
+//!   [`MAX_TYPE_DEPTH`] below the next missing item (a chain of such updates sent in
+//!   reverse). So no shared type ever sits deeper than [`MAX_SETTLED_DEPTH`];
+//! - an update that describes items the document has already recorded otherwise than
+//!   it recorded them (an honest author never does: a peer lying about history, so
+//!   that a type it nests there looks shallower than it is) is refused.
 //!
 //! Each level is stored once per run of items of one client at the same level (a
 //! client's items mostly are), so the index is a small fraction of the document.
@@ -42,11 +45,17 @@ use bevy::platform::collections::HashMap;
 /// below any thread's stack at this depth.
 pub const MAX_TYPE_DEPTH: u8 = 32;
 
+/// The deepest a shared type can end up in a document: one whose depth could not be
+/// told when it came ([`MAX_TYPE_DEPTH`] at most below an item not in yet), under an
+/// item one below the limit.
+pub const MAX_SETTLED_DEPTH: u8 = 2 * MAX_TYPE_DEPTH + 1;
+
+/// Shared types given to yrs before their depth could be told, at most at once;
+/// past this, what yrs keeps pending is given up.
+pub const MAX_STALLED_TYPES: usize = 65_536;
+
 /// An item's id: its client and clock.
 pub(crate) type Id = (u64, u32);
-
-/// How far a level lookup follows levels relative to other items, at most.
-const MAX_HOPS: usize = 256;
 
 /// Where an item sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,20 +63,102 @@ pub(crate) enum Level {
     /// This many shared types deep (a root type's items are at 1); 0 for a collected
     /// (GC) block, which nothing can nest in.
     Known(u8),
-    /// As deep as item `of`, plus `plus` (its parent's level is its own, minus one).
-    After { of: Id, plus: u8 },
-    /// Two updates described these items differently: nothing may nest under them.
+    /// As deep as item `of` plus `plus` (an item's level is its parent's plus one, or
+    /// its origin's), and at least `floor`.
+    After { of: Id, plus: u8, floor: u8 },
+    /// Not to be nested in (two updates described these items differently, or finding
+    /// their level took more than its budget).
     Disputed,
 }
 
-/// Why a level cannot be settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unsettled {
-    /// It builds on this item, which the document has not taken in yet.
-    Missing(Id),
-    /// It builds on disputed items, or past [`MAX_HOPS`] relative levels.
-    Refused,
+impl Level {
+    pub(crate) fn after(of: Id, plus: u8) -> Self {
+        Level::After { of, plus, floor: 0 }
+    }
+
+    /// This level as far as `settled` tells it: known, disputed, or relative to the
+    /// one missing item it builds on (so chains of relative levels do not grow); as
+    /// it was when it builds on several.
+    fn collapsed(self, settled: Settled) -> Level {
+        match settled {
+            Settled::Known(depth) => Level::Known(depth),
+            Settled::Disputed => Level::Disputed,
+            Settled::Relative {
+                known,
+                missing,
+                plus,
+                several: false,
+            } => Level::After {
+                of: missing,
+                plus,
+                floor: known,
+            },
+            Settled::Relative { several: true, .. } => self,
+        }
+    }
 }
+
+/// A level settled as far as what is known allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Known(u8),
+    /// At least `known`, and `plus` below item `missing`, not in yet (of the items it
+    /// builds on that are not in, the one it sits deepest below; `several` if there
+    /// are others).
+    Relative {
+        known: u8,
+        missing: Id,
+        plus: u8,
+        several: bool,
+    },
+    Disputed,
+}
+
+/// Where levels are looked up.
+pub(crate) trait Lookup {
+    fn find(&self, id: Id) -> Option<Level>;
+}
+
+/// Settles `level` through `first` then `second`, spending at most `budget` lookups.
+fn settle(level: Level, first: &impl Lookup, second: &impl Lookup, budget: &mut u32) -> Settled {
+    let mut known = 0u8;
+    let mut plus = 0u8;
+    let mut at = level;
+    loop {
+        match at {
+            Level::Known(depth) => return Settled::Known(known.max(depth.saturating_add(plus))),
+            Level::Disputed => return Settled::Disputed,
+            Level::After {
+                of,
+                plus: more,
+                floor,
+            } => {
+                known = known.max(floor.saturating_add(plus));
+                plus = plus.saturating_add(more);
+                if *budget == 0 {
+                    return Settled::Disputed;
+                }
+                *budget -= 1;
+                match first.find(of).or_else(|| second.find(of)) {
+                    Some(next) => at = next,
+                    None => {
+                        return Settled::Relative {
+                            known,
+                            missing: of,
+                            plus,
+                            several: false,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lookups a settle may spend per level it settles (honest levels take one or two),
+/// and besides.
+const HOPS_PER_LEVEL: u32 = 8;
+const HOPS_SLACK: u32 = 4096;
 
 /// Runs of items of each client at one level: start clock to (end clock, level).
 #[derive(Debug, Default, Clone)]
@@ -75,23 +166,25 @@ pub(crate) struct Runs {
     clients: HashMap<u64, BTreeMap<u32, (u32, Level)>>,
 }
 
-impl Runs {
-    /// The level recorded for item `id`.
-    pub(crate) fn find(&self, (client, clock): Id) -> Option<Level> {
+impl Lookup for Runs {
+    fn find(&self, (client, clock): Id) -> Option<Level> {
         let runs = self.clients.get(&client)?;
         let (_, &(end, level)) = runs.range(..=clock).next_back()?;
         (clock < end).then_some(level)
     }
+}
 
-    /// How many runs are recorded.
+impl Runs {
     fn len(&self) -> usize {
         self.clients.values().map(BTreeMap::len).sum()
     }
 
-    /// Records `level` for items `start..end` of `client`, none recorded yet (the
-    /// check reads each client's blocks once, in order): joined to the run before when
-    /// it continues it at the same level.
-    pub(crate) fn push(&mut self, client: u64, start: u32, end: u32, level: Level) {
+    /// Records `level` for items `start..end` of `client`, none of which is recorded:
+    /// joined to the run before when it continues it at the same level.
+    fn push(&mut self, client: u64, start: u32, end: u32, level: Level) {
+        if start >= end {
+            return;
+        }
         let runs = self.clients.entry(client).or_default();
         if let Some((_, last)) = runs.range_mut(..start).next_back()
             && last.0 == start
@@ -103,23 +196,19 @@ impl Runs {
         runs.insert(start, (end, level));
     }
 
-    /// Runs of `client` that overlap `start..end`, removed.
-    fn take_overlapping(&mut self, client: u64, start: u32, end: u32) -> Vec<(u32, u32, Level)> {
-        let Some(runs) = self.clients.get_mut(&client) else {
+    /// Recorded runs of `client` that overlap `start..end`: (start, end, level).
+    fn overlapping(&self, client: u64, start: u32, end: u32) -> Vec<(u32, u32, Level)> {
+        let Some(runs) = self.clients.get(&client) else {
             return Vec::new();
         };
-        let mut keys: Vec<u32> = Vec::new();
-        if let Some((&key, &(run_end, _))) = runs.range(..start).next_back()
-            && run_end > start
-        {
-            keys.push(key);
-        }
-        keys.extend(runs.range(start..end).map(|(&key, _)| key));
-        keys.into_iter()
-            .filter_map(|key| {
-                runs.remove(&key)
-                    .map(|(run_end, level)| (key, run_end, level))
-            })
+        let before = runs
+            .range(..start)
+            .next_back()
+            .filter(|(_, (run_end, _))| *run_end > start);
+        before
+            .into_iter()
+            .chain(runs.range(start..end))
+            .map(|(&run_start, &(run_end, level))| (run_start, run_end, level))
             .collect()
     }
 }
@@ -135,11 +224,49 @@ pub(crate) struct Shape {
     clients: Vec<(u64, ClientRuns)>,
     /// Where each client is in `clients`.
     at: HashMap<u64, usize>,
-    /// The update's shared types whose level depends on other updates.
+    /// The update's shared types: id and level.
     pub(crate) types: Vec<(Id, Level)>,
+    /// Items with both origins whose levels could not both be told when read: the
+    /// left origin's level (the item's), and the right origin. Honest origins are
+    /// siblings; a right origin deeper than the left is refused where both can be told.
+    pairs: Vec<(Level, Id)>,
+    /// Lookups left for reading it.
+    budget: u32,
+}
+
+impl Lookup for Shape {
+    fn find(&self, (client, clock): Id) -> Option<Level> {
+        let runs = match self.clients.last() {
+            Some((last, runs)) if *last == client => runs,
+            _ => &self.clients[*self.at.get(&client)?].1,
+        };
+        let after = runs.partition_point(|&(start, _, _)| start <= clock);
+        let &(_, end, level) = runs.get(after.checked_sub(1)?)?;
+        (clock < end).then_some(level)
+    }
+}
+
+/// Nothing: for settling against one place only.
+struct Nowhere;
+
+impl Lookup for Nowhere {
+    fn find(&self, _: Id) -> Option<Level> {
+        None
+    }
 }
 
 impl Shape {
+    /// An empty shape for an update of `bytes` bytes (its lookup budget follows).
+    pub(crate) fn for_bytes(bytes: usize) -> Self {
+        Self {
+            budget: u32::try_from(bytes)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(HOPS_PER_LEVEL)
+                .saturating_add(HOPS_SLACK),
+            ..Self::default()
+        }
+    }
+
     /// Records the level of items `start..end` of `client`, read in order.
     pub(crate) fn push(&mut self, client: u64, start: u32, end: u32, level: Level) {
         match self.clients.last_mut() {
@@ -160,97 +287,112 @@ impl Shape {
         }
     }
 
-    /// `level` settled against the items read so far.
-    pub(crate) fn settle(&self, level: Level) -> Level {
-        within(level, self, &Runs::default())
+    /// `level` settled against the items read so far: known, or as it was.
+    pub(crate) fn settle(&mut self, level: Level) -> Level {
+        if let Level::Known(_) = level {
+            return level;
+        }
+        let mut budget = self.budget;
+        let settled = settle(level, self, &Nowhere, &mut budget);
+        self.budget = budget;
+        level.collapsed(settled)
     }
 
-    /// Notes a shared type whose level depends on other updates.
+    /// Notes a shared type.
     pub(crate) fn push_type(&mut self, id: Id, level: Level) {
         self.types.push((id, level));
     }
 
+    /// Notes an item's right origin beside its (left origin's) `level`: `false` if the
+    /// right one sits deeper (as yrs may place the item there, when the left one is a
+    /// collected item).
+    pub(crate) fn pair(&mut self, level: Level, right: Id) -> bool {
+        let right_level = self.settle(Level::after(right, 0));
+        match (level, right_level) {
+            (Level::Known(left), Level::Known(right)) => right <= left,
+            _ => {
+                self.pairs.push((level, right));
+                true
+            }
+        }
+    }
+
+    fn runs(&self) -> usize {
+        self.clients.iter().map(|(_, runs)| runs.len()).sum()
+    }
+
+    /// Each client's items in it, and where they end.
+    pub(crate) fn ends(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.clients
+            .iter()
+            .filter_map(|(client, runs)| Some((*client, runs.last()?.1)))
+    }
+
     /// Settles relative levels that point into this update itself (an item can
     /// build on a client read later), once all of it is read. A shared type found too
-    /// deep is refused here (unless `local`: this peer's own, recorded as they are).
+    /// deep, or relative and more than [`MAX_TYPE_DEPTH`] below what it builds on, is
+    /// refused here, and so is an update whose levels take more than their budget to
+    /// find (unless `local`: this peer's own, recorded as they are).
     pub(crate) fn finish(&mut self, local: bool) -> Result<(), ()> {
-        let own = Runs::default();
-        // Most levels are known as read; only relative ones may point here.
-        let relative: Vec<(usize, usize, Level)> = self
-            .clients
-            .iter()
-            .enumerate()
-            .flat_map(|(c, (_, runs))| {
-                runs.iter()
-                    .enumerate()
-                    .filter_map(move |(r, &(_, _, level))| {
-                        matches!(level, Level::After { .. }).then_some((c, r, level))
-                    })
-            })
-            .map(|(c, r, level)| (c, r, within(level, self, &own)))
-            .collect();
+        let mut budget = self.budget;
+        let mut relative: Vec<(usize, usize, Level)> = Vec::new();
+        for (c, (_, runs)) in self.clients.iter().enumerate() {
+            for (r, &(_, _, level)) in runs.iter().enumerate() {
+                if let Level::After { .. } = level {
+                    let settled = level.collapsed(settle(level, self, &Nowhere, &mut budget));
+                    if settled != level {
+                        relative.push((c, r, settled));
+                    }
+                }
+            }
+        }
         for (c, r, level) in relative {
             self.clients[c].1[r].2 = level;
         }
         let mut types = Vec::with_capacity(self.types.len());
         for &(id, level) in &self.types {
-            match within(level, self, &own) {
-                Level::Known(depth) if depth > MAX_TYPE_DEPTH && !local => return Err(()),
-                Level::Disputed if !local => return Err(()),
-                Level::Known(_) | Level::Disputed => {}
-                relative => types.push((id, relative)),
+            let fits = match settle(level, self, &Nowhere, &mut budget) {
+                Settled::Known(depth) => depth <= MAX_TYPE_DEPTH,
+                Settled::Relative { known, plus, .. } => {
+                    types.push((id, level));
+                    known <= MAX_TYPE_DEPTH && plus <= MAX_TYPE_DEPTH
+                }
+                Settled::Disputed => false,
+            };
+            if !fits && !local {
+                return Err(());
             }
         }
+        // Those known are checked: only the relative ones are for `Levels::admit`.
         self.types = types;
+        let mut pairs = Vec::new();
+        for &(level, right) in &self.pairs {
+            let left = settle(level, self, &Nowhere, &mut budget);
+            match (
+                left,
+                settle(Level::after(right, 0), self, &Nowhere, &mut budget),
+            ) {
+                (Settled::Known(left), Settled::Known(right)) if right > left && !local => {
+                    return Err(());
+                }
+                (Settled::Known(_), Settled::Known(_)) => {}
+                _ => pairs.push((level, right)),
+            }
+        }
+        self.pairs = pairs;
+        if budget == 0 && !local {
+            return Err(());
+        }
+        self.budget = budget;
         Ok(())
     }
-}
 
-/// Where levels are looked up.
-pub(crate) trait Lookup {
-    fn find(&self, id: Id) -> Option<Level>;
-}
-
-impl Lookup for Runs {
-    fn find(&self, id: Id) -> Option<Level> {
-        Runs::find(self, id)
+    fn budget_for_settling(&self) -> u32 {
+        u32::try_from(self.types.len() + self.runs() + 2 * self.pairs.len())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(HOPS_PER_LEVEL)
+            .saturating_add(HOPS_SLACK)
     }
-}
-
-impl Lookup for Shape {
-    fn find(&self, (client, clock): Id) -> Option<Level> {
-        let runs = match self.clients.last() {
-            Some((last, runs)) if *last == client => runs,
-            _ => &self.clients[*self.at.get(&client)?].1,
-        };
-        let after = runs.partition_point(|&(start, _, _)| start <= clock);
-        let &(_, end, level) = runs.get(after.checked_sub(1)?)?;
-        (clock < end).then_some(level)
-    }
-}
-
-/// `level`, settled as far as `first` then `second` can settle it: known, or relative
-/// to an item neither holds.
-fn within(level: Level, first: &impl Lookup, second: &impl Lookup) -> Level {
-    let mut plus = 0u8;
-    let mut at = level;
-    for _ in 0..MAX_HOPS {
-        match at {
-            Level::Known(depth) => return Level::Known(depth.saturating_add(plus)),
-            Level::Disputed => return Level::Disputed,
-            Level::After { of, plus: more } => {
-                let Some(next) = first.find(of).or_else(|| second.find(of)) else {
-                    return Level::After {
-                        of,
-                        plus: plus.saturating_add(more),
-                    };
-                };
-                plus = plus.saturating_add(more);
-                at = next;
-            }
-        }
-    }
-    Level::Disputed
 }
 
 /// What [`Levels::admit`] decided.
@@ -258,24 +400,20 @@ fn within(level: Level, first: &impl Lookup, second: &impl Lookup) -> Level {
 pub(crate) enum Admission {
     /// Every shared type in it is within [`MAX_TYPE_DEPTH`].
     Admitted,
-    /// A shared type would be too deep, or builds on disputed items: refused.
+    /// A shared type would be too deep, or it describes recorded items otherwise, or
+    /// it would let a stalled type in too deep: refused.
     TooDeep,
-    /// A shared type builds on an item not taken in yet (its depth cannot be told):
-    /// it may go in, as yrs keeps it pending until that item comes, and the item's
-    /// update is judged with it (see [`Levels::unblocks_too_deep`]).
-    Stalls(Id),
+    /// A shared type builds on an item not in yet (its depth cannot be told): it goes
+    /// in, yrs keeps it pending until that item comes, and it is watched as stalled.
+    Stalls,
 }
-
-/// Shared types given to yrs before their depth could be told, at most; past this,
-/// what yrs keeps pending is given up.
-pub const MAX_STALLED_TYPES: usize = 65_536;
 
 /// The levels of every item a document took in (see the [module docs](self)).
 #[derive(Debug, Default)]
 pub(crate) struct Levels {
     runs: Runs,
-    /// Shared types yrs keeps pending because they build on an item it lacks, each
-    /// relative to that item, by its client and clock.
+    /// Shared types yrs keeps pending because they build on an item it lacks, by the
+    /// client and clock of the item each sits deepest below.
     stalled: HashMap<u64, BTreeMap<u32, Vec<Level>>>,
     stalled_count: usize,
 }
@@ -283,39 +421,146 @@ pub(crate) struct Levels {
 impl Levels {
     /// Whether `shape`'s update may go into the document.
     pub(crate) fn admit(&self, shape: &Shape) -> Admission {
-        let mut stalls = None;
+        let mut budget = shape.budget_for_settling();
+        let mut stalls = false;
         for &(_, level) in &shape.types {
-            match self.settle(level, shape) {
-                Ok(depth) if depth <= MAX_TYPE_DEPTH => {}
-                Ok(_) | Err(Unsettled::Refused) => return Admission::TooDeep,
-                Err(Unsettled::Missing(id)) => stalls = Some(id),
+            match settle(level, shape, &self.runs, &mut budget) {
+                Settled::Known(depth) if depth <= MAX_TYPE_DEPTH => {}
+                Settled::Relative { known, plus, .. }
+                    if known <= MAX_TYPE_DEPTH && plus <= MAX_TYPE_DEPTH =>
+                {
+                    stalls = true;
+                }
+                _ => return Admission::TooDeep,
             }
         }
-        stalls.map_or(Admission::Admitted, Admission::Stalls)
-    }
-
-    /// Whether `shape`'s update brings an item that a stalled shared type builds on,
-    /// and so would let yrs integrate it, deeper than [`MAX_TYPE_DEPTH`] (or on
-    /// disputed items). Then what yrs keeps pending must be given up first.
-    pub(crate) fn unblocks_too_deep(&self, shape: &Shape) -> bool {
-        if self.stalled_count == 0 {
-            return false;
+        for &(level, right) in &shape.pairs {
+            let left = settle(level, shape, &self.runs, &mut budget);
+            let right = settle(Level::after(right, 0), shape, &self.runs, &mut budget);
+            match (left, right) {
+                (Settled::Known(left), Settled::Known(right)) if right > left => {
+                    return Admission::TooDeep;
+                }
+                (Settled::Disputed, _) | (_, Settled::Disputed) => return Admission::TooDeep,
+                _ => {}
+            }
         }
         for (client, runs) in &shape.clients {
-            let Some(stalled) = self.stalled.get(client) else {
-                continue;
-            };
-            for &(start, end, _) in runs {
+            for &(start, end, level) in runs {
+                // What it says of items recorded already must be what was recorded.
+                for (_, _, recorded) in self.runs.overlapping(*client, start, end) {
+                    let said = settle(level, shape, &self.runs, &mut budget);
+                    let was = settle(recorded, shape, &self.runs, &mut budget);
+                    if said != was || said == Settled::Disputed {
+                        return Admission::TooDeep;
+                    }
+                }
+                // Stalled types this update brings an item for.
+                let Some(stalled) = self.stalled.get(client) else {
+                    continue;
+                };
                 for level in stalled.range(start..end).flat_map(|(_, levels)| levels) {
-                    match self.settle(*level, shape) {
-                        Ok(depth) if depth <= MAX_TYPE_DEPTH => {}
-                        Ok(_) | Err(Unsettled::Refused) => return true,
-                        Err(Unsettled::Missing(_)) => {}
+                    match settle(*level, shape, &self.runs, &mut budget) {
+                        Settled::Known(depth) if depth <= MAX_SETTLED_DEPTH => {}
+                        Settled::Relative { known, plus, .. }
+                            if known <= MAX_SETTLED_DEPTH && plus <= MAX_TYPE_DEPTH => {}
+                        _ => return Admission::TooDeep,
                     }
                 }
             }
         }
-        false
+        if stalls {
+            Admission::Stalls
+        } else {
+            Admission::Admitted
+        }
+    }
+
+    /// Records the levels of an admitted update's items that yrs took (integrated or
+    /// kept pending): of each client, those before `taken(client)`. Its shared types
+    /// whose depth cannot be told yet are kept as stalled; stalled ones whose item it
+    /// brings are settled, or wait on the next item they build on. `false` if that
+    /// took more than its budget: then stalled types may have been lost track of, and
+    /// what yrs keeps pending must be given up.
+    pub(crate) fn record(&mut self, shape: &Shape, taken: impl Fn(u64) -> u32) -> bool {
+        let mut budget = shape.budget_for_settling().saturating_add(
+            u32::try_from(self.stalled_count)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(HOPS_PER_LEVEL),
+        );
+        for (client, runs) in &shape.clients {
+            let limit = taken(*client);
+            for &(start, end, level) in runs {
+                let end = end.min(limit);
+                if start >= end {
+                    continue;
+                }
+                // (Out of budget, it is kept as it was: correct, only longer to read.)
+                let level = match settle(level, shape, &self.runs, &mut budget) {
+                    Settled::Disputed if budget == 0 => level,
+                    settled => level.collapsed(settled),
+                };
+                self.record_run(*client, start, end, level);
+            }
+        }
+        let mut on_track = true;
+        for &((client, clock), level) in &shape.types {
+            if clock < taken(client) {
+                match settle(level, &self.runs, &Nowhere, &mut budget) {
+                    Settled::Relative { missing, .. } => self.stall(missing, level),
+                    Settled::Disputed if budget == 0 => on_track = false,
+                    _ => {}
+                }
+            }
+        }
+        if self.stalled_count == 0 {
+            return on_track;
+        }
+        for (client, runs) in &shape.clients {
+            let Some(stalled) = self.stalled.get_mut(client) else {
+                continue;
+            };
+            let mut brought: Vec<Level> = Vec::new();
+            for &(start, end, _) in runs {
+                let clocks: Vec<u32> = stalled.range(start..end).map(|(&c, _)| c).collect();
+                for clock in clocks {
+                    brought.extend(stalled.remove(&clock).unwrap_or_default());
+                }
+            }
+            if stalled.is_empty() {
+                self.stalled.remove(client);
+            }
+            self.stalled_count -= brought.len();
+            for level in brought {
+                match settle(level, &self.runs, &Nowhere, &mut budget) {
+                    Settled::Relative { missing, .. } => self.stall(missing, level),
+                    Settled::Disputed if budget == 0 => on_track = false,
+                    _ => {}
+                }
+            }
+        }
+        on_track
+    }
+
+    /// Records a run over what may be recorded of it already (with the same levels:
+    /// [`Levels::admit`] refuses an update that says otherwise).
+    fn record_run(&mut self, client: u64, start: u32, end: u32, level: Level) {
+        let mut at = start;
+        for (run_start, run_end, _) in self.runs.overlapping(client, start, end) {
+            self.runs.push(client, at, run_start.max(at), level);
+            at = at.max(run_end);
+        }
+        self.runs.push(client, at, end, level);
+    }
+
+    fn stall(&mut self, missing: Id, level: Level) {
+        self.stalled
+            .entry(missing.0)
+            .or_default()
+            .entry(missing.1)
+            .or_default()
+            .push(level);
+        self.stalled_count += 1;
     }
 
     /// Shared types yrs keeps pending whose depth cannot be told yet.
@@ -323,118 +568,10 @@ impl Levels {
         self.stalled_count
     }
 
-    /// Forgets the stalled types: yrs keeps nothing pending (or gave it up).
+    /// Forgets the stalled types: yrs keeps nothing pending.
     pub(crate) fn clear_stalled(&mut self) {
         self.stalled.clear();
         self.stalled_count = 0;
-    }
-
-    fn stall(&mut self, level: Level) {
-        if let Level::After { of, .. } = level {
-            self.stalled
-                .entry(of.0)
-                .or_default()
-                .entry(of.1)
-                .or_default()
-                .push(level);
-            self.stalled_count += 1;
-        }
-    }
-
-    /// The level of `level`, with `own` (the update it belongs to) looked in first.
-    fn settle(&self, level: Level, own: &Shape) -> Result<u8, Unsettled> {
-        match within(level, own, &self.runs) {
-            Level::Known(depth) => Ok(depth),
-            Level::After { of, .. } => Err(Unsettled::Missing(of)),
-            Level::Disputed => Err(Unsettled::Refused),
-        }
-    }
-
-    /// Records the levels of an admitted update's items (before yrs integrates it:
-    /// what it builds on is recorded by then, so later updates can build on it).
-    /// An item recorded before at another level counts at the deeper, or is disputed.
-    /// Its shared types whose depth cannot be told yet are kept as stalled; stalled
-    /// ones whose item it brings are settled (the caller checked
-    /// [`Levels::unblocks_too_deep`] first) or wait on the next item of their chain.
-    pub(crate) fn record(&mut self, shape: &Shape) {
-        self.record_runs(shape);
-        for &(_, level) in &shape.types {
-            let level = within(level, shape, &self.runs);
-            self.stall(level);
-        }
-        for (client, runs) in &shape.clients {
-            let Some(stalled) = self.stalled.get_mut(client) else {
-                continue;
-            };
-            let mut settled: Vec<Level> = Vec::new();
-            for &(start, end, _) in runs {
-                let clocks: Vec<u32> = stalled.range(start..end).map(|(&c, _)| c).collect();
-                for clock in clocks {
-                    settled.extend(stalled.remove(&clock).unwrap_or_default());
-                }
-            }
-            if stalled.is_empty() {
-                self.stalled.remove(client);
-            }
-            self.stalled_count -= settled.len();
-            for level in settled {
-                let level = within(level, &self.runs, &Runs::default());
-                self.stall(level);
-            }
-        }
-    }
-
-    fn record_runs(&mut self, shape: &Shape) {
-        for (client, runs) in &shape.clients {
-            // Mostly an update continues what the document has of each client.
-            let first = runs.first().map_or(0, |run| run.0);
-            let appends = self.runs.clients.get(client).is_none_or(|recorded| {
-                recorded
-                    .last_key_value()
-                    .is_none_or(|(_, &(end, _))| end <= first)
-            });
-            if appends {
-                for &(start, end, level) in runs {
-                    let level = within(level, shape, &self.runs);
-                    self.runs.push_any(*client, start, end, level);
-                }
-                continue;
-            }
-            for &(start, end, level) in runs {
-                self.record_run(shape, *client, start, end, level);
-            }
-        }
-    }
-
-    /// Records one run of `shape` over what may be recorded of it already.
-    fn record_run(&mut self, shape: &Shape, client: u64, start: u32, end: u32, level: Level) {
-        let level = within(level, shape, &self.runs);
-        let before = self.runs.take_overlapping(client, start, end);
-        if before.is_empty() {
-            self.runs.push_any(client, start, end, level);
-            return;
-        }
-        // Pieces: what the earlier runs hold outside this one, the overlaps
-        // (agreeing or disputed), and the gaps between them.
-        let mut at = start;
-        for (run_start, run_end, old) in before {
-            if run_start < start {
-                self.runs.push_any(client, run_start, start, old);
-            }
-            if run_end > end {
-                self.runs.push_any(client, end, run_end, old);
-            }
-            let (from, to) = (run_start.max(start), run_end.min(end));
-            if from > at {
-                self.runs.push_any(client, at, from, level);
-            }
-            let old = within(old, &self.runs, &Runs::default());
-            self.runs.push_any(client, from, to, agree(old, level));
-            at = to;
-        }
-        if at < end {
-            self.runs.push_any(client, at, end, level);
-        }
     }
 
     /// Forgets what was recorded past `known` (items yrs was given and then gave up,
@@ -459,33 +596,12 @@ impl Levels {
     }
 }
 
-/// The level of items two updates describe as `a` and `b`: the deeper of two known
-/// levels (the one yrs integrates is one of them, so nothing nested under it can be
-/// deeper than admitted), the same if the same, else disputed.
-fn agree(a: Level, b: Level) -> Level {
-    match (a, b) {
-        (Level::Known(a), Level::Known(b)) => Level::Known(a.max(b)),
-        (a, b) if a == b => a,
-        _ => Level::Disputed,
-    }
-}
-
-impl Runs {
-    /// [`Runs::push`] where the range may sit anywhere among the recorded runs (none
-    /// overlapping it).
-    fn push_any(&mut self, client: u64, start: u32, end: u32, level: Level) {
-        if start < end {
-            self.push(client, start, end, level);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn shape(runs: &[(u64, u32, u32, Level)], types: &[(Id, Level)]) -> Shape {
-        let mut shape = Shape::default();
+        let mut shape = Shape::for_bytes(64);
         for &(client, start, end, level) in runs {
             shape.push(client, start, end, level);
         }
@@ -494,115 +610,134 @@ mod tests {
         shape
     }
 
+    fn record(levels: &mut Levels, shape: &Shape) {
+        assert!(levels.record(shape, |_| u32::MAX));
+    }
+
     /// A chain of types, each update one level below the last, stops at the limit.
     #[test]
     fn nesting_across_updates_stops_at_the_limit() {
         let mut levels = Levels::default();
-        levels.record(&shape(&[(1, 0, 1, Level::Known(1))], &[]));
+        record(&mut levels, &shape(&[(1, 0, 1, Level::Known(1))], &[]));
         for depth in 2..=u32::from(MAX_TYPE_DEPTH) + 1 {
-            let level = Level::After {
-                of: (1, depth - 2),
-                plus: 1,
-            };
+            let level = Level::after((1, depth - 2), 1);
             let next = shape(&[(1, depth - 1, depth, level)], &[((1, depth - 1), level)]);
             let admitted = levels.admit(&next);
             if depth > u32::from(MAX_TYPE_DEPTH) {
                 assert_eq!(admitted, Admission::TooDeep);
             } else {
                 assert_eq!(admitted, Admission::Admitted, "at {depth}");
-                levels.record(&next);
+                record(&mut levels, &next);
             }
         }
         assert_eq!(levels.runs(), 32);
     }
 
-    /// A type on an item not taken in stalls (yrs keeps it pending); an update that
-    /// brings that item is checked against it first, relative levels chaining
-    /// through later updates.
+    /// A type on an item not in yet stalls (yrs keeps it pending); the update that
+    /// brings that item is checked against it, relative levels chaining through later
+    /// updates.
     #[test]
     fn a_type_on_a_missing_item_stalls_until_the_item_comes() {
         let mut levels = Levels::default();
-        let ty = Level::After {
-            of: (2, 5),
-            plus: 1,
-        };
+        let ty = Level::after((2, 5), 1);
         let stalled = shape(&[(1, 0, 1, ty)], &[((1, 0), ty)]);
-        assert_eq!(levels.admit(&stalled), Admission::Stalls((2, 5)));
-        levels.record(&stalled);
+        assert_eq!(levels.admit(&stalled), Admission::Stalls);
+        record(&mut levels, &stalled);
         assert_eq!(levels.stalled_types(), 1);
         // Client 2's item comes, itself relative to client 3's: still stalled, on 3's.
-        let two = shape(
-            &[(
-                2,
-                0,
-                10,
-                Level::After {
-                    of: (3, 0),
-                    plus: 0,
-                },
-            )],
-            &[],
-        );
-        assert!(!levels.unblocks_too_deep(&two));
-        levels.record(&two);
+        let two = shape(&[(2, 0, 10, Level::after((3, 0), 0))], &[]);
+        assert_eq!(levels.admit(&two), Admission::Admitted);
+        record(&mut levels, &two);
         assert_eq!(levels.stalled_types(), 1);
-        // Client 3's item at the limit would let the type in one too deep.
-        let three = shape(&[(3, 0, 1, Level::Known(MAX_TYPE_DEPTH))], &[]);
-        assert!(levels.unblocks_too_deep(&three));
+        // Client 3's item past the settled limit would let the type in too deep.
+        let three = shape(&[(3, 0, 1, Level::Known(MAX_SETTLED_DEPTH))], &[]);
+        assert_eq!(levels.admit(&three), Admission::TooDeep);
         let shallow = shape(&[(3, 0, 1, Level::Known(3))], &[]);
-        assert!(!levels.unblocks_too_deep(&shallow));
-        levels.record(&shallow);
+        assert_eq!(levels.admit(&shallow), Admission::Admitted);
+        record(&mut levels, &shallow);
         assert_eq!(levels.stalled_types(), 0);
     }
 
-    /// An item described twice at different levels counts at the deeper; described
-    /// once known and once relative to a missing item, it is disputed.
+    /// Types relative to a missing item, each update relative to the next, sent in
+    /// reverse: the first that would make a stalled type more than the limit below a
+    /// missing item is refused.
     #[test]
-    fn items_described_twice_differently_are_disputed() {
+    fn a_reversed_chain_of_stalled_types_is_cut() {
         let mut levels = Levels::default();
-        levels.record(&shape(&[(1, 0, 10, Level::Known(1))], &[]));
-        levels.record(&shape(&[(1, 5, 15, Level::Known(1))], &[]));
-        levels.record(&shape(&[(1, 8, 9, Level::Known(30))], &[]));
-        let on = |clock| {
-            let level = Level::After {
-                of: (1, clock),
-                plus: 1,
-            };
-            shape(&[(9, 0, 1, level)], &[((9, 0), level)])
+        let on = |client: u64| {
+            let level = Level::after((client - 1, 0), MAX_TYPE_DEPTH);
+            shape(&[(client, 0, 1, level)], &[((client, 0), level)])
         };
-        assert_eq!(levels.admit(&on(3)), Admission::Admitted);
-        assert_eq!(levels.admit(&on(12)), Admission::Admitted);
-        assert_eq!(levels.admit(&on(8)), Admission::Admitted);
-        levels.record(&shape(&[(1, 8, 9, Level::Known(32))], &[]));
+        assert_eq!(levels.admit(&on(9)), Admission::Stalls);
+        record(&mut levels, &on(9));
         assert_eq!(levels.admit(&on(8)), Admission::TooDeep);
-        levels.record(&shape(
-            &[(
-                1,
-                2,
-                3,
-                Level::After {
-                    of: (5, 5),
-                    plus: 0,
-                },
-            )],
-            &[],
-        ));
-        assert_eq!(levels.admit(&on(2)), Admission::TooDeep);
-        assert_eq!(levels.admit(&on(3)), Admission::Admitted);
-        assert!(levels.runs.find((1, 14)).is_some() && levels.runs.find((1, 15)).is_none());
+        let over = Level::after((1, 0), MAX_TYPE_DEPTH + 1);
+        assert_eq!(
+            levels.admit(&shape(&[(5, 0, 1, over)], &[((5, 0), over)])),
+            Admission::TooDeep
+        );
     }
 
+    /// An item whose right origin sits deeper than its left (yrs places it beside the
+    /// right one when the left is a collected block) is refused.
     #[test]
-    fn what_yrs_gave_up_is_forgotten() {
+    fn an_item_beside_a_deeper_right_origin_is_refused() {
         let mut levels = Levels::default();
-        levels.record(&shape(
-            &[(1, 0, 10, Level::Known(1)), (2, 0, 4, Level::Known(2))],
-            &[],
-        ));
+        record(
+            &mut levels,
+            &shape(
+                &[
+                    (1, 0, 1, Level::Known(2)),
+                    (1, 1, 2, Level::Known(MAX_TYPE_DEPTH)),
+                ],
+                &[],
+            ),
+        );
+        let mut update = Shape::for_bytes(64);
+        let left = Level::after((1, 0), 0);
+        update.push(2, 0, 1, left);
+        assert!(update.pair(left, (1, 1)));
+        update.finish(false).unwrap();
+        assert_eq!(levels.admit(&update), Admission::TooDeep);
+        let mut beside = Shape::for_bytes(64);
+        beside.push(3, 0, 1, Level::Known(4));
+        assert!(!beside.pair(Level::Known(1), (3, 0)));
+    }
+
+    /// An update that describes recorded items otherwise (to make a type it nests
+    /// there look shallow) is refused; described alike (an honest duplicate), it goes.
+    #[test]
+    fn describing_recorded_items_otherwise_is_refused() {
+        let mut levels = Levels::default();
+        record(&mut levels, &shape(&[(1, 0, 10, Level::Known(30))], &[]));
+        let nested = Level::after((1, 5), 1);
+        let lie = shape(&[(1, 5, 6, Level::Known(1))], &[]);
+        assert_eq!(levels.admit(&lie), Admission::TooDeep);
+        let honest = shape(
+            &[(1, 5, 12, Level::Known(30)), (2, 0, 1, nested)],
+            &[((2, 0), nested)],
+        );
+        assert_eq!(levels.admit(&honest), Admission::Admitted);
+        record(&mut levels, &honest);
+        assert_eq!(levels.runs(), 2);
+    }
+
+    /// Only what yrs took is recorded; what it gave up is forgotten.
+    #[test]
+    fn only_what_yrs_took_is_recorded() {
+        let mut levels = Levels::default();
+        levels.record(
+            &shape(
+                &[(1, 0, 10, Level::Known(1)), (2, 0, 4, Level::Known(2))],
+                &[],
+            ),
+            |client| if client == 1 { 6 } else { 0 },
+        );
+        let has = |levels: &Levels, id| levels.runs.find(id).is_some();
+        assert!(has(&levels, (1, 5)) && !has(&levels, (1, 6)) && !has(&levels, (2, 0)));
         let mut known = yrs::StateVector::default();
-        known.set_max(yrs::block::ClientID::new(1), 6);
+        known.set_max(yrs::block::ClientID::new(1), 3);
         levels.forget_from(&known);
-        let has = |id| levels.runs.find(id).is_some();
-        assert!(has((1, 5)) && !has((1, 6)) && !has((2, 0)));
+        assert!(has(&levels, (1, 2)) && !has(&levels, (1, 3)));
     }
 }

@@ -86,7 +86,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
 pub(crate) use engine::{Remote, SyncedDoc};
-pub use levels::MAX_TYPE_DEPTH;
+pub use levels::{MAX_SETTLED_DEPTH, MAX_STALLED_TYPES, MAX_TYPE_DEPTH};
 pub use shared::{SharedDoc, SharedDocChanged};
 pub use stalled::MAX_PENDING_MERGES;
 pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};

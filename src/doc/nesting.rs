@@ -99,4 +99,28 @@ mod tests {
         assert_eq!(check::update(&shallow).map(drop), Ok(()));
         assert!(super::super::decode_update(&shallow, &Default::default()).is_ok());
     }
+
+    /// An item whose left origin is a collected block sits where yrs puts it: beside
+    /// its right origin. (A review's recipe: counted at the collected block's level,
+    /// the types nested under it started again from the root, without limit.)
+    #[test]
+    fn an_item_after_a_collected_block_counts_beside_its_right_origin() {
+        let mut update = vec![1, 35, 1, 0];
+        update.extend([0, 1]); // 1:0, collected
+        update.extend([7, 1, 1, b'r', 0]); // 1:1, an array under root `r`
+        for clock in 2..32u8 {
+            update.extend([7, 0, 1, clock - 1, 0]); // each in the one before
+        }
+        update.extend([4, 0, 1, 31, 1, b'x']); // 1:32, a string in 1:31: level 32
+        update.extend([0xc7, 1, 0, 1, 32, 0]); // 1:33, origins 1:0 and 1:32
+        update.extend([7, 0, 1, 33, 0]); // 1:34, in 1:33: level 33
+        update.push(0);
+        assert_eq!(check::update(&update).map(drop), Err(Refusal::Unsafe));
+        // The same without the last type is within the limit.
+        let mut within = update.clone();
+        within.truncate(within.len() - 6);
+        within[1] = 34;
+        within.push(0);
+        assert_eq!(check::update(&within).map(drop), Ok(()));
+    }
 }

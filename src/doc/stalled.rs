@@ -9,7 +9,10 @@ use bevy::prelude::*;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, TransactionMut, Update, WriteTxn};
 
-use super::levels::{Admission, Levels, MAX_STALLED_TYPES};
+use bevy::platform::collections::HashMap;
+use yrs::block::ClientID;
+
+use super::levels::{Admission, Levels, MAX_STALLED_TYPES, Shape};
 use super::{Decoded, DocLimits, decode_update, leaves_hole};
 use crate::net::peer::PeerId;
 use crate::net::stats::DropReason;
@@ -83,25 +86,16 @@ impl Pass<'_> {
         let Decoded { update, shape } = decoded;
         if self.levels.admit(&shape) == Admission::TooDeep {
             debug!(
-                "refused an update from `{from}`: a shared type in it would nest deeper than `{}`",
+                "refused an update from `{from}`: a shared type in it would nest deeper than `{}`, or it describes items otherwise than before",
                 super::MAX_TYPE_DEPTH
             );
             self.refused.push((from, DropReason::Malformed));
             return false;
         }
-        // Shared types yrs keeps pending, deeper than allowed once this update brings
-        // what they build on: given up before it can let yrs integrate them.
-        if txn.has_missing_updates() && self.levels.unblocks_too_deep(&shape) {
-            debug!(
-                "gave up what yrs kept pending: `{from}`'s update would let a shared type in it nest deeper than `{}`",
-                super::MAX_TYPE_DEPTH
-            );
-            self.give_up_pending(txn);
-        }
         let known = txn.state_vector();
         if !leaves_hole(&update, &known) {
-            self.levels.record(&shape);
             self.integrate(txn, update, size);
+            self.record_taken(txn, &shape);
             return true;
         }
         // A catch-up piece after one that waits in yrs for a later piece continues the
@@ -118,9 +112,9 @@ impl Pass<'_> {
             if !leaves_hole(&update, &with_pending)
                 && let Some(pending) = txn.prune_pending()
             {
-                self.levels.record(&shape);
                 let merged = Update::merge_updates([pending, update]);
                 self.integrate(txn, merged, size);
+                self.record_taken(txn, &shape);
                 return true;
             }
         }
@@ -177,6 +171,35 @@ impl Pass<'_> {
                 watch.bytes,
                 self.levels.stalled_types()
             );
+            self.give_up_pending(txn);
+        }
+    }
+
+    /// Records the levels of what yrs took of an update of `shape` (integrated, or
+    /// kept pending): nothing of what it refused.
+    fn record_taken(&mut self, txn: &mut TransactionMut, shape: &Shape) {
+        let known = txn.state_vector();
+        let at = |client: u64| known.get(&ClientID::new(client));
+        let mut ends: HashMap<u64, u32> = shape.ends().map(|(c, _)| (c, at(c))).collect();
+        // Past what is integrated, only what yrs keeps pending.
+        if txn.has_missing_updates()
+            && shape.ends().any(|(client, end)| end > at(client))
+            && let Some(pending) = txn.store().pending_update()
+        {
+            for (client, ranges) in pending.update.insertions(true).iter() {
+                if let (Some(taken), Some(end)) = (
+                    ends.get_mut(&client.get()),
+                    ranges.iter().map(|r| r.end).max(),
+                ) {
+                    *taken = (*taken).max(end);
+                }
+            }
+        }
+        let on_track = self
+            .levels
+            .record(shape, |client| ends.get(&client).copied().unwrap_or(0));
+        if !on_track && txn.has_missing_updates() {
+            debug!("gave up what yrs kept pending: its shared types took too long to follow");
             self.give_up_pending(txn);
         }
     }

@@ -194,20 +194,14 @@ fn judge_held(
         // missing what it builds on: it waits, and the room is asked for the rest.
         let mut missing_history = doc.synced.would_leave_hole(&held.update.update);
         // Its shared types must nest within the limit in the document before the
-        // shadow (a document like any other) takes it. One that would let yrs
-        // integrate a pending type too deep made the main document give up what yrs
-        // kept pending; the shadow, which took the same updates, is rebuilt.
-        let (admission, gave_up) = doc.synced.admit(&held.update.shape);
-        if admission == Admission::TooDeep {
+        // shadow (a document like any other) takes it.
+        if doc.synced.admit(&held.update.shape) == Admission::TooDeep {
             debug!(
                 "refused an entity update from peer `{}`: a shared type in it nests too deep",
                 held.from
             );
             refused.push((held.from, DropReason::Malformed));
             continue;
-        }
-        if gave_up {
-            doc.shadow.stale = true;
         }
         if !missing_history {
             if doc.shadow.stale {
