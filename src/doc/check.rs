@@ -363,25 +363,20 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
         }
         level
     } else {
-        // yrs takes the left origin's parent, or the right's when the left is a
-        // collected block (or has no left origin).
-        let id = |(client, clock): (u64, u64)| (client, clock as u32);
+        // Beside its origins: the deeper of the two when it has both (see
+        // `Shape::beside`).
+        let id = |(client, clock): (u64, u64)| Level::after((client, clock as u32), 0);
         match (left, right) {
-            (Some(left), _) => Level::after(id(left), 0),
-            (None, Some(right)) => Level::after(id(right), 0),
+            (Some(left), Some(right)) => {
+                let left = walk.shape.settle(id(left));
+                let right = walk.shape.settle(id(right));
+                walk.shape.beside(left, right)
+            }
+            (Some(origin), None) | (None, Some(origin)) => id(origin),
             (None, None) => return Err(Refusal::Layout),
         }
     };
-    let mut level = walk.shape.settle(level);
-    if let (Some(_), Some(right)) = (left, right) {
-        let right = (right.0, right.1 as u32);
-        if level == Level::Known(0) {
-            // The left origin is a collected block: yrs places the item by the right.
-            level = walk.shape.settle(Level::after(right, 0));
-        } else if !walk.shape.pair(level, right) && !walk.local {
-            return Err(Refusal::Unsafe);
-        }
-    }
+    let level = walk.shape.settle(level);
     let kind = info & 0b1111;
     let start = r.at;
     let len = content(r, kind)?;

@@ -14,8 +14,9 @@
 //! client. An item's level follows from its update alone, as yrs places it: a root
 //! type's items are at level 1, an item under a named parent one below that parent, an
 //! item with origins beside them (yrs takes the left origin's parent, or the right's
-//! when the left is a collected block; the deeper of the two is counted, and for an
-//! honest item they are the same). [`check`](super::check) works out each update's
+//! when the left is a collected block, sent as one or collected with its parent; the
+//! deeper of the two is counted, and for an honest item they are the same; when
+//! neither can be told yet, the pair is checked when they come). [`check`](super::check) works out each update's
 //! [`Shape`] as it reads it, relative to other updates' items where it must, and
 //! [`Levels::admit`] settles it against what came before:
 //!
@@ -77,9 +78,8 @@ impl Level {
     }
 
     /// This level as far as `settled` tells it: known, disputed, or relative to the
-    /// one missing item it builds on (so chains of relative levels do not grow); as
-    /// it was when it builds on several.
-    fn collapsed(self, settled: Settled) -> Level {
+    /// one missing item it builds on (so chains of relative levels do not grow).
+    fn collapsed(settled: Settled) -> Level {
         match settled {
             Settled::Known(depth) => Level::Known(depth),
             Settled::Disputed => Level::Disputed,
@@ -87,13 +87,11 @@ impl Level {
                 known,
                 missing,
                 plus,
-                several: false,
             } => Level::After {
                 of: missing,
                 plus,
                 floor: known,
             },
-            Settled::Relative { several: true, .. } => self,
         }
     }
 }
@@ -102,14 +100,11 @@ impl Level {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settled {
     Known(u8),
-    /// At least `known`, and `plus` below item `missing`, not in yet (of the items it
-    /// builds on that are not in, the one it sits deepest below; `several` if there
-    /// are others).
+    /// At least `known`, and `plus` below item `missing`, not in yet.
     Relative {
         known: u8,
         missing: Id,
         plus: u8,
-        several: bool,
     },
     Disputed,
 }
@@ -146,9 +141,72 @@ fn settle(level: Level, first: &impl Lookup, second: &impl Lookup, budget: &mut 
                             known,
                             missing: of,
                             plus,
-                            several: false,
                         };
                     }
+                }
+            }
+        }
+    }
+}
+
+/// What is checked again when an item it builds on comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// A shared type whose depth could not be told.
+    Type(Level),
+    /// An item with both origins, neither of whose levels could be told (`item`, from
+    /// the left one, with what of the right one was known), and the right origin's
+    /// level. yrs places the item beside the right origin when the left one is a
+    /// collected block (or was collected with its parent): the right must not sit
+    /// deeper than the level counted for the item.
+    Pair { item: Level, right: Level },
+}
+
+/// What checking a [`Watch`] found.
+enum Check {
+    /// Within the limits, for good.
+    Fits,
+    /// Within the limits so far; to check again when this item comes.
+    Waits(Id),
+    /// Too deep (or disputed): refused.
+    TooDeep,
+}
+
+impl Watch {
+    /// Checked through `first` then `second`: with the limits of a new update's types
+    /// (`MAX_TYPE_DEPTH`) or, `settled`, of one whose depth could not be told when it
+    /// came (`MAX_SETTLED_DEPTH` once known, and never more than `MAX_TYPE_DEPTH` below a
+    /// missing item).
+    fn check(
+        self,
+        first: &impl Lookup,
+        second: &impl Lookup,
+        budget: &mut u32,
+        settled: bool,
+    ) -> Check {
+        let limit = if settled {
+            MAX_SETTLED_DEPTH
+        } else {
+            MAX_TYPE_DEPTH
+        };
+        match self {
+            Watch::Type(level) => match settle(level, first, second, budget) {
+                Settled::Known(depth) if depth <= limit => Check::Fits,
+                Settled::Relative {
+                    known,
+                    missing,
+                    plus,
+                } if known <= limit && plus <= MAX_TYPE_DEPTH => Check::Waits(missing),
+                _ => Check::TooDeep,
+            },
+            Watch::Pair { item, right } => {
+                let item = settle(item, first, second, budget);
+                match (item, settle(right, first, second, budget)) {
+                    (Settled::Disputed, _) | (_, Settled::Disputed) => Check::TooDeep,
+                    (Settled::Known(item), Settled::Known(right)) if right > item => Check::TooDeep,
+                    (Settled::Known(_), Settled::Known(_)) => Check::Fits,
+                    (Settled::Relative { missing, .. }, _)
+                    | (_, Settled::Relative { missing, .. }) => Check::Waits(missing),
                 }
             }
         }
@@ -231,10 +289,8 @@ pub(crate) struct Shape {
     at: HashMap<u64, usize>,
     /// The update's shared types: id and level.
     pub(crate) types: Vec<(Id, Level)>,
-    /// Items with both origins whose levels could not both be told when read: the
-    /// left origin's level (the item's), and the right origin. Honest origins are
-    /// siblings; a right origin deeper than the left is refused where both can be told.
-    pairs: Vec<(Level, Id)>,
+    /// Items with both origins neither of whose levels could be told when read.
+    pairs: Vec<Watch>,
     /// Lookups left for reading it.
     budget: u32,
 }
@@ -300,7 +356,7 @@ impl Shape {
         let mut budget = self.budget;
         let settled = settle(level, self, &Nowhere, &mut budget);
         self.budget = budget;
-        level.collapsed(settled)
+        Level::collapsed(settled)
     }
 
     /// Notes a shared type.
@@ -308,16 +364,31 @@ impl Shape {
         self.types.push((id, level));
     }
 
-    /// Notes an item's right origin beside its (left origin's) `level`: `false` if the
-    /// right one sits deeper (as yrs may place the item there, when the left one is a
-    /// collected item).
-    pub(crate) fn pair(&mut self, level: Level, right: Id) -> bool {
-        let right_level = self.settle(Level::after(right, 0));
-        match (level, right_level) {
-            (Level::Known(left), Level::Known(right)) => right <= left,
-            _ => {
-                self.pairs.push((level, right));
-                true
+    /// The level of an item with both origins, each settled as far as the items read
+    /// so far allow: the deeper of the two. yrs takes the left origin's parent, or the
+    /// right one's when the left is a collected block (here, or later, or collected
+    /// with its parent), and honest origins are siblings at one level. When neither
+    /// can be told, the left counts and the pair is checked once both can.
+    pub(crate) fn beside(&mut self, left: Level, right: Level) -> Level {
+        match (left, right) {
+            (Level::Disputed, _) | (_, Level::Disputed) => Level::Disputed,
+            (Level::Known(a), Level::Known(b)) => Level::Known(a.max(b)),
+            (Level::Known(known), Level::After { of, plus, floor })
+            | (Level::After { of, plus, floor }, Level::Known(known)) => Level::After {
+                of,
+                plus,
+                floor: floor.max(known),
+            },
+            (Level::After { of, plus, floor }, Level::After { floor: other, .. }) => {
+                let item = Level::After {
+                    of,
+                    plus,
+                    floor: floor.max(other),
+                };
+                if right != left {
+                    self.pairs.push(Watch::Pair { item, right });
+                }
+                item
             }
         }
     }
@@ -344,7 +415,7 @@ impl Shape {
         for (c, (_, runs)) in self.clients.iter().enumerate() {
             for (r, &(_, _, level)) in runs.iter().enumerate() {
                 if let Level::After { .. } = level {
-                    let settled = level.collapsed(settle(level, self, &Nowhere, &mut budget));
+                    let settled = Level::collapsed(settle(level, self, &Nowhere, &mut budget));
                     if settled != level {
                         relative.push((c, r, settled));
                     }
@@ -371,17 +442,12 @@ impl Shape {
         // Those known are checked: only the relative ones are for `Levels::admit`.
         self.types = types;
         let mut pairs = Vec::new();
-        for &(level, right) in &self.pairs {
-            let left = settle(level, self, &Nowhere, &mut budget);
-            match (
-                left,
-                settle(Level::after(right, 0), self, &Nowhere, &mut budget),
-            ) {
-                (Settled::Known(left), Settled::Known(right)) if right > left && !local => {
-                    return Err(());
-                }
-                (Settled::Known(_), Settled::Known(_)) => {}
-                _ => pairs.push((level, right)),
+        for &pair in &self.pairs {
+            match pair.check(self, &Nowhere, &mut budget, false) {
+                Check::Fits => {}
+                Check::Waits(_) => pairs.push(pair),
+                Check::TooDeep if local => {}
+                Check::TooDeep => return Err(()),
             }
         }
         self.pairs = pairs;
@@ -417,9 +483,9 @@ pub(crate) enum Admission {
 #[derive(Debug, Default)]
 pub(crate) struct Levels {
     runs: Runs,
-    /// Shared types yrs keeps pending because they build on an item it lacks, by the
-    /// client and clock of the item each sits deepest below.
-    stalled: HashMap<u64, BTreeMap<u32, Vec<Level>>>,
+    /// What yrs keeps pending because it builds on an item it lacks, to check when that
+    /// item comes: by the item's client and clock.
+    stalled: HashMap<u64, BTreeMap<u32, Vec<Watch>>>,
     stalled_count: usize,
 }
 
@@ -428,26 +494,12 @@ impl Levels {
     pub(crate) fn admit(&self, shape: &Shape) -> Admission {
         let mut budget = shape.budget_for_settling();
         let mut stalls = false;
-        for &(_, level) in &shape.types {
-            match settle(level, shape, &self.runs, &mut budget) {
-                Settled::Known(depth) if depth <= MAX_TYPE_DEPTH => {}
-                Settled::Relative { known, plus, .. }
-                    if known <= MAX_TYPE_DEPTH && plus <= MAX_TYPE_DEPTH =>
-                {
-                    stalls = true;
-                }
-                _ => return Admission::TooDeep,
-            }
-        }
-        for &(level, right) in &shape.pairs {
-            let left = settle(level, shape, &self.runs, &mut budget);
-            let right = settle(Level::after(right, 0), shape, &self.runs, &mut budget);
-            match (left, right) {
-                (Settled::Known(left), Settled::Known(right)) if right > left => {
-                    return Admission::TooDeep;
-                }
-                (Settled::Disputed, _) | (_, Settled::Disputed) => return Admission::TooDeep,
-                _ => {}
+        let watches = shape.types.iter().map(|&(_, level)| Watch::Type(level));
+        for watch in watches.chain(shape.pairs.iter().copied()) {
+            match watch.check(shape, &self.runs, &mut budget, false) {
+                Check::Fits => {}
+                Check::Waits(_) => stalls |= matches!(watch, Watch::Type(_)),
+                Check::TooDeep => return Admission::TooDeep,
             }
         }
         for (client, runs) in &shape.clients {
@@ -467,16 +519,13 @@ impl Levels {
                         return Admission::TooDeep;
                     }
                 }
-                // Stalled types this update brings an item for.
+                // What waits for an item this update brings.
                 let Some(stalled) = self.stalled.get(client) else {
                     continue;
                 };
-                for level in stalled.range(start..end).flat_map(|(_, levels)| levels) {
-                    match settle(*level, shape, &self.runs, &mut budget) {
-                        Settled::Known(depth) if depth <= MAX_SETTLED_DEPTH => {}
-                        Settled::Relative { known, plus, .. }
-                            if known <= MAX_SETTLED_DEPTH && plus <= MAX_TYPE_DEPTH => {}
-                        _ => return Admission::TooDeep,
+                for watch in stalled.range(start..end).flat_map(|(_, watches)| watches) {
+                    if let Check::TooDeep = watch.check(shape, &self.runs, &mut budget, true) {
+                        return Admission::TooDeep;
                     }
                 }
             }
@@ -510,29 +559,30 @@ impl Levels {
                 // (Out of budget, it is kept as it was: correct, only longer to read.)
                 let level = match settle(level, shape, &self.runs, &mut budget) {
                     Settled::Disputed if budget == 0 => level,
-                    settled => level.collapsed(settled),
+                    settled => Level::collapsed(settled),
                 };
                 self.record_run(*client, start, end, level);
             }
         }
         let mut on_track = true;
-        for &((client, clock), level) in &shape.types {
-            if clock < taken(client) {
-                match settle(level, &self.runs, &Nowhere, &mut budget) {
-                    Settled::Relative { missing, .. } => self.stall(missing, level),
-                    Settled::Disputed if budget == 0 => on_track = false,
-                    _ => {}
-                }
-            }
-        }
+        // Its types and pairs that cannot be told yet wait for the item they build on.
+        let types = shape
+            .types
+            .iter()
+            .filter(|&&((client, clock), _)| clock < taken(client))
+            .map(|&(_, level)| Watch::Type(level));
+        let watches: Vec<Watch> = types.chain(shape.pairs.iter().copied()).collect();
+        on_track &= self.watch(watches, &mut budget);
         if self.stalled_count == 0 {
             return on_track;
         }
+        // Those that waited for an item it brings: checked at admission, now waiting
+        // for the next item they build on, or done with.
         for (client, runs) in &shape.clients {
             let Some(stalled) = self.stalled.get_mut(client) else {
                 continue;
             };
-            let mut brought: Vec<Level> = Vec::new();
+            let mut brought: Vec<Watch> = Vec::new();
             for &(start, end, _) in runs {
                 let clocks: Vec<u32> = stalled.range(start..end).map(|(&c, _)| c).collect();
                 for clock in clocks {
@@ -543,12 +593,20 @@ impl Levels {
                 self.stalled.remove(client);
             }
             self.stalled_count -= brought.len();
-            for level in brought {
-                match settle(level, &self.runs, &Nowhere, &mut budget) {
-                    Settled::Relative { missing, .. } => self.stall(missing, level),
-                    Settled::Disputed if budget == 0 => on_track = false,
-                    _ => {}
-                }
+            on_track &= self.watch(brought, &mut budget);
+        }
+        on_track
+    }
+
+    /// Files each of `watches` under the item it waits for; `false` if that took more
+    /// than `budget`.
+    fn watch(&mut self, watches: Vec<Watch>, budget: &mut u32) -> bool {
+        let mut on_track = true;
+        for watch in watches {
+            match watch.check(&self.runs, &Nowhere, budget, true) {
+                Check::Waits(missing) => self.stall(missing, watch),
+                Check::TooDeep if *budget == 0 => on_track = false,
+                Check::Fits | Check::TooDeep => {}
             }
         }
         on_track
@@ -567,13 +625,13 @@ impl Levels {
         self.runs.push(client, at, end, level);
     }
 
-    fn stall(&mut self, missing: Id, level: Level) {
+    fn stall(&mut self, missing: Id, watch: Watch) {
         self.stalled
             .entry(missing.0)
             .or_default()
             .entry(missing.1)
             .or_default()
-            .push(level);
+            .push(watch);
         self.stalled_count += 1;
     }
 
@@ -692,10 +750,11 @@ mod tests {
         );
     }
 
-    /// An item whose right origin sits deeper than its left (yrs places it beside the
-    /// right one when the left is a collected block) is refused.
+    /// An item with both origins counts at the deeper one (yrs places it beside the
+    /// right one when the left is a collected block, in this update or a later one, or
+    /// was collected with its parent): a type nested under it past the limit is refused.
     #[test]
-    fn an_item_beside_a_deeper_right_origin_is_refused() {
+    fn an_item_counts_at_its_deeper_origin() {
         let mut levels = Levels::default();
         record(
             &mut levels,
@@ -707,15 +766,56 @@ mod tests {
                 &[],
             ),
         );
+        // Both origins known (from the document): the right one, deeper, counts.
         let mut update = Shape::for_bytes(64);
-        let left = Level::after((1, 0), 0);
-        update.push(2, 0, 1, left);
-        assert!(update.pair(left, (1, 1)));
+        let left = update.settle(Level::after((1, 0), 0));
+        let right = update.settle(Level::after((1, 1), 0));
+        let item = update.beside(left, right);
+        update.push(2, 0, 1, item);
+        let nested = Level::after((2, 0), 1);
+        update.push(2, 1, 2, nested);
+        update.push_type((2, 1), nested);
         update.finish(false).unwrap();
         assert_eq!(levels.admit(&update), Admission::TooDeep);
-        let mut beside = Shape::for_bytes(64);
-        beside.push(3, 0, 1, Level::Known(4));
-        assert!(!beside.pair(Level::Known(1), (3, 0)));
+        // The left origin not in yet (it may come as a collected block), the right one
+        // at the limit: the item counts at least at the right's level.
+        let mut update = Shape::for_bytes(64);
+        let left = update.settle(Level::after((7, 0), 0));
+        let right = update.settle(Level::Known(MAX_TYPE_DEPTH));
+        let item = update.beside(left, right);
+        update.push(3, 0, 1, item);
+        update.push(3, 1, 2, Level::after((3, 0), 1));
+        update.push_type((3, 1), Level::after((3, 0), 1));
+        assert_eq!(update.finish(false), Err(()));
+    }
+
+    /// Neither origin known: the pair waits, and the update that brings both is
+    /// refused if the right one turns out deeper than the item was counted.
+    #[test]
+    fn a_pair_of_unknown_origins_is_checked_when_both_come() {
+        let mut levels = Levels::default();
+        let mut update = Shape::for_bytes(64);
+        let left = update.settle(Level::after((7, 0), 0));
+        let right = update.settle(Level::after((8, 0), 0));
+        let item = update.beside(left, right);
+        update.push(3, 0, 1, item);
+        update.finish(false).unwrap();
+        assert_eq!(levels.admit(&update), Admission::Admitted);
+        record(&mut levels, &update);
+        assert_eq!(levels.stalled_types(), 1);
+        // The left comes as a collected block; the right, deep, with it.
+        let deep = shape(
+            &[(7, 0, 1, Level::Known(0)), (8, 0, 1, Level::Known(9))],
+            &[],
+        );
+        assert_eq!(levels.admit(&deep), Admission::TooDeep);
+        let alike = shape(
+            &[(7, 0, 1, Level::Known(3)), (8, 0, 1, Level::Known(3))],
+            &[],
+        );
+        assert_eq!(levels.admit(&alike), Admission::Admitted);
+        record(&mut levels, &alike);
+        assert_eq!(levels.stalled_types(), 0);
     }
 
     /// An update that describes recorded items otherwise (to make a type it nests

@@ -157,6 +157,57 @@ pub fn deep_types_across_clients(first_client: u64, updates: u64, per_update: u6
     out
 }
 
+/// `rounds` updates, each with three clients: a collected block of client 9,001 at
+/// clock `k` (the last round's left origin), 32 types of client 9,002 nested one in the
+/// next (the first in the last round's type of client 9,003, or under root `a`), and a
+/// type of client 9,003 whose left origin is the next round's collected block (not
+/// sent yet) and whose right origin is this round's deepest type. yrs keeps that type
+/// pending until the block comes, then places it beside its right origin (a collected
+/// left origin is no origin): each round nests 32 deeper than the last.
+pub fn collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
+    let (gc, chain, ty) = (9_001, 9_002, 9_003);
+    (0..rounds)
+        .map(|k| {
+            let mut update = vec![3];
+            // The collected block.
+            update.push(1);
+            varint(&mut update, gc);
+            varint(&mut update, k);
+            update.extend([0, 1]);
+            // The chain.
+            update.push(32);
+            varint(&mut update, chain);
+            varint(&mut update, 32 * k);
+            if k == 0 {
+                update.extend([7, 1, 1, b'a', 0]);
+            } else {
+                update.extend([7, 0]);
+                varint(&mut update, ty);
+                varint(&mut update, k - 1);
+                update.push(0);
+            }
+            for clock in 32 * k + 1..32 * (k + 1) {
+                update.extend([7, 0]);
+                varint(&mut update, chain);
+                varint(&mut update, clock - 1);
+                update.push(0);
+            }
+            // The type beside the chain's end, once its left origin turns out collected.
+            update.push(1);
+            varint(&mut update, ty);
+            varint(&mut update, k);
+            update.push(0xc7);
+            varint(&mut update, gc);
+            varint(&mut update, k + 1);
+            varint(&mut update, chain);
+            varint(&mut update, 32 * k + 31);
+            update.push(0);
+            update.push(0);
+            update
+        })
+        .collect()
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {

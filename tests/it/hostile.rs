@@ -14,8 +14,9 @@ use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
-    deep_types, deep_types_across_clients, deep_types_across_updates, doc_body, nested_map_bomb,
-    squash_run, state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
+    collected_left_origins, deep_types, deep_types_across_clients, deep_types_across_updates,
+    doc_body, nested_map_bomb, squash_run, state_vector_bomb, update_building_on_nothing, varint,
+    wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -364,6 +365,36 @@ fn types_nested_across_clients_pending_in_yrs_stop_at_the_limit() {
     assert!(refused >= 124, "{refused}");
     let shared = room.app(b).world().resource::<SharedDoc>();
     assert!(!bevy_peer_sync::internals::pending_in_yrs(shared));
+}
+
+/// A review's recipe: each round a type whose left origin is the next round's collected
+/// block and whose right origin ends a chain of 32, so yrs places it beside that end
+/// once the block comes and the next chain nests 32 deeper (220 bytes a round). Counted
+/// through its left origin (level 0 once collected), 1,000 rounds nested 32,000 deep;
+/// counted at the deeper of its origins, the second round is refused.
+#[test]
+fn a_type_beside_a_collected_left_origin_counts_at_its_right_one() {
+    let mut room = TestRoom::new(99);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    for update in collected_left_origins(1_000) {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(
+        depth, 33,
+        "the first round's chain under the root array, no more"
+    );
+    assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
