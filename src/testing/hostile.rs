@@ -96,25 +96,7 @@ pub fn deep_types(levels: u64) -> Vec<u8> {
 /// `updates * per_update` deep, and yrs deletes nested types by recursion: some
 /// thousands deep overflow the stack (a tab's in the browser, whoever deletes).
 pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for u in 0..updates {
-        let mut update = vec![1];
-        varint(&mut update, per_update);
-        varint(&mut update, client);
-        varint(&mut update, u * per_update);
-        for k in u * per_update..(u + 1) * per_update {
-            if k == 0 {
-                update.extend([7, 1, 1, b'a', 0]);
-            } else {
-                update.extend([7, 0]);
-                varint(&mut update, client);
-                varint(&mut update, k - 1);
-                update.push(0);
-            }
-        }
-        update.push(0);
-        out.push(update);
-    }
+    let mut out = nested_chain(updates, per_update, |_| client, |u| u * per_update);
     let mut delete = vec![0, 1];
     varint(&mut delete, client);
     delete.extend([1, 0, 1]);
@@ -122,39 +104,51 @@ pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> 
     out
 }
 
+/// `updates` updates of `per_update` array types each, every type in the one before
+/// (the first under root `a`); update `u` from `client(u)`, starting at `clock(u)`.
+fn nested_chain(
+    updates: u64,
+    per_update: u64,
+    client: impl Fn(u64) -> u64,
+    clock: impl Fn(u64) -> u64,
+) -> Vec<Vec<u8>> {
+    let mut parent = None;
+    (0..updates)
+        .map(|u| {
+            let (c, start) = (client(u), clock(u));
+            let mut update = vec![1];
+            varint(&mut update, per_update);
+            varint(&mut update, c);
+            varint(&mut update, start);
+            for k in start..start + per_update {
+                array_in(&mut update, parent);
+                parent = Some((c, k));
+            }
+            update.push(0);
+            update
+        })
+        .collect()
+}
+
+/// One block: an array type under root `a` (`None`), or in the type `parent`.
+fn array_in(update: &mut Vec<u8>, parent: Option<(u64, u64)>) {
+    match parent {
+        None => update.extend([7, 1, 1, b'a', 0]),
+        Some((client, clock)) => {
+            update.extend([7, 0]);
+            varint(update, client);
+            varint(update, clock);
+            update.push(0);
+        }
+    }
+}
+
 /// [`deep_types_across_updates`], but each update from a client of its own
 /// (`first_client` on), so that sent in reverse none leaves a hole: each builds on an
 /// item the receiver does not have yet, and yrs keeps it pending until the first
 /// comes, then integrates the whole chain at once.
 pub fn deep_types_across_clients(first_client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for u in 0..updates {
-        let client = first_client + u;
-        let mut update = vec![1];
-        varint(&mut update, per_update);
-        varint(&mut update, client);
-        update.push(0);
-        for k in 0..per_update {
-            match (u, k) {
-                (0, 0) => update.extend([7, 1, 1, b'a', 0]),
-                (_, 0) => {
-                    update.extend([7, 0]);
-                    varint(&mut update, client - 1);
-                    varint(&mut update, per_update - 1);
-                    update.push(0);
-                }
-                _ => {
-                    update.extend([7, 0]);
-                    varint(&mut update, client);
-                    varint(&mut update, k - 1);
-                    update.push(0);
-                }
-            }
-        }
-        update.push(0);
-        out.push(update);
-    }
-    out
+    nested_chain(updates, per_update, |u| first_client + u, |_| 0)
 }
 
 /// `rounds` updates, each with three clients: a collected block of client 9,001 at
@@ -178,19 +172,9 @@ pub fn collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
             update.push(32);
             varint(&mut update, chain);
             varint(&mut update, 32 * k);
-            if k == 0 {
-                update.extend([7, 1, 1, b'a', 0]);
-            } else {
-                update.extend([7, 0]);
-                varint(&mut update, ty);
-                varint(&mut update, k - 1);
-                update.push(0);
-            }
+            array_in(&mut update, k.checked_sub(1).map(|last| (ty, last)));
             for clock in 32 * k + 1..32 * (k + 1) {
-                update.extend([7, 0]);
-                varint(&mut update, chain);
-                varint(&mut update, clock - 1);
-                update.push(0);
+                array_in(&mut update, Some((chain, clock - 1)));
             }
             // The type beside the chain's end, once its left origin turns out collected.
             update.push(1);
