@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bevy::prelude::*;
-use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
+use yrs::{Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update};
 
 use super::levels::{Admission, Levels, Shape};
-use super::stalled::{Pass, PendingWatch, Waiting};
+use super::stalled::{Pass, PendingWatch, Waiting, prune_pending};
 use super::{
     Decoded, DocLimits, MAX_ASKS, MAX_WAITING, REMOTE_ORIGIN, SYNC_RETRY, check, decode_update,
     leaves_hole, pieces,
@@ -396,14 +396,10 @@ impl SyncedDoc {
         if let Some(watch) = pending.as_mut() {
             watch.asks += 1;
             if watch.asks > MAX_ASKS {
-                let mut txn = self.doc.transact_mut_with(REMOTE_ORIGIN);
-                // (`forget_from` also forgets the stalled shared types.)
-                txn.prune_pending();
-                self.levels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .forget_from(&txn.state_vector());
-                drop(txn);
+                prune_pending(
+                    &mut self.doc.transact_mut_with(REMOTE_ORIGIN),
+                    &mut self.levels.lock().unwrap_or_else(PoisonError::into_inner),
+                );
                 self.given_up
                     .fetch_add(u64::from(watch.merges), Ordering::Relaxed);
                 *pending = None;

@@ -206,10 +206,15 @@ impl Pass<'_> {
 
     /// Gives up what yrs keeps pending (counted), and what was recorded of it.
     fn give_up_pending(&mut self, txn: &mut TransactionMut) {
-        txn.prune_pending();
-        self.levels.forget_from(&txn.state_vector());
+        prune_pending(txn, self.levels);
         if let Some(watch) = self.watch.take() {
             *self.given_up += u64::from(watch.merges.max(1));
         }
     }
+}
+
+/// Drops what yrs keeps pending in the document, and what was recorded of it.
+pub(super) fn prune_pending(txn: &mut TransactionMut, levels: &mut Levels) {
+    txn.prune_pending();
+    levels.forget_from(&txn.state_vector());
 }

@@ -193,17 +193,17 @@ fn judge_held(
         // Out of order (an earlier update of its client has not arrived) or
         // missing what it builds on: it waits, and the room is asked for the rest.
         let mut missing_history = doc.synced.would_leave_hole(&held.update.update);
-        // Its shared types must nest within the limit in the document before the
-        // shadow (a document like any other) takes it.
-        if doc.synced.admit(&held.update.shape) == Admission::TooDeep {
-            debug!(
-                "refused an entity update from peer `{}`: a shared type in it nests too deep",
-                held.from
-            );
-            refused.push((held.from, DropReason::Malformed));
-            continue;
-        }
         if !missing_history {
+            // Its shared types must nest within the limit in the document before the
+            // shadow (a document like any other) takes it.
+            if doc.synced.admit(&held.update.shape) == Admission::TooDeep {
+                debug!(
+                    "refused an entity update from peer `{}`: a shared type in it nests too deep",
+                    held.from
+                );
+                refused.push((held.from, DropReason::Malformed));
+                continue;
+            }
             if doc.shadow.stale {
                 if rebuilt {
                     if now.saturating_sub(held.since) >= config.hold_timeout {
