@@ -568,7 +568,7 @@ fn second_core() -> bool {
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
-    use yrs::{GetString, Map, MapPrelim, Options, Text, types::ToJson};
+    use yrs::{GetString, Map, MapPrelim, Options, Text, WriteTxn, types::ToJson};
 
     fn update_of(doc: &Doc, edit: impl FnOnce(&mut TransactionMut)) -> Decoded {
         let before = doc.transact().state_vector();
