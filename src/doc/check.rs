@@ -774,8 +774,16 @@ mod speed {
                 .apply_update(Update::decode_v1(&whole).unwrap())
                 .unwrap();
         });
+        let shape = super::update(&whole).unwrap();
+        let admit = best(&|| {
+            let _ = crate::doc::levels::Levels::default().admit(&shape);
+        });
+        let record = best(&|| {
+            let mut levels = crate::doc::levels::Levels::default();
+            levels.record(&shape, |_| u32::MAX);
+        });
         println!(
-            "{} bytes: check {check:?}, yrs decode {decode:?}, yrs decode + apply {apply:?}",
+            "{} bytes: check {check:?}, yrs decode {decode:?}, yrs decode + apply {apply:?}; levels: admit {admit:?}, record {record:?}",
             whole.len()
         );
     }
