@@ -613,13 +613,25 @@ impl Levels {
     }
 
     /// Records a run over what may be recorded of it already (with the same levels:
-    /// [`Levels::admit`] refuses an update that says otherwise).
+    /// [`Levels::admit`] refuses an update that says otherwise), except where a
+    /// collected block was recorded: described as anything else, the new level
+    /// counts. A collected block kept pending in yrs can still be taken over by an item
+    /// of the same clocks that comes first; one yrs integrated stays collected, and
+    /// counting its clocks deeper only over-counts what yrs collects anyway.
     fn record_run(&mut self, client: u64, start: u32, end: u32, level: Level) {
         let mut at = start;
         let overlapping: Vec<(u32, u32, Level)> =
             self.runs.overlapping(client, start, end).collect();
-        for (run_start, run_end, _) in overlapping {
+        for (run_start, run_end, recorded) in overlapping {
             self.runs.push(client, at, run_start.max(at), level);
+            if recorded == Level::Known(0) && level != Level::Known(0) {
+                let runs = self.runs.clients.entry(client).or_default();
+                runs.remove(&run_start);
+                let (from, to) = (run_start.max(start), run_end.min(end));
+                self.runs.push(client, run_start, from, recorded);
+                self.runs.push(client, to, run_end, recorded);
+                self.runs.push(client, from, to, level);
+            }
             at = at.max(run_end);
         }
         self.runs.push(client, at, end, level);
@@ -837,6 +849,27 @@ mod tests {
         assert_eq!(levels.admit(&honest), Admission::Admitted);
         record(&mut levels, &honest);
         assert_eq!(levels.runs(), 2);
+    }
+
+    /// A collected block recorded while yrs kept it pending, then sent again as a type
+    /// (which yrs takes, having integrated nothing there yet): the type's level counts,
+    /// not the block's 0, for what nests in it after.
+    #[test]
+    fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
+        let mut levels = Levels::default();
+        record(&mut levels, &shape(&[(3, 0, 2, Level::Known(0))], &[]));
+        let ty = Level::Known(MAX_TYPE_DEPTH);
+        let over = shape(&[(3, 1, 2, ty)], &[]);
+        assert_eq!(levels.admit(&over), Admission::Admitted);
+        record(&mut levels, &over);
+        assert_eq!(levels.runs.find((3, 0)), Some(Level::Known(0)));
+        assert_eq!(levels.runs.find((3, 1)), Some(ty));
+        let nested = Level::after((3, 1), 1);
+        let under = shape(&[(4, 0, 1, nested)], &[((4, 0), nested)]);
+        assert_eq!(levels.admit(&under), Admission::TooDeep);
+        // Described as collected over a recorded item, the item's level stays.
+        record(&mut levels, &shape(&[(3, 1, 2, Level::Known(0))], &[]));
+        assert_eq!(levels.runs.find((3, 1)), Some(ty));
     }
 
     /// Only what yrs took is recorded; what it gave up is forgotten.

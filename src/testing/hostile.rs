@@ -192,6 +192,44 @@ pub fn collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A review's recipe in three updates, after [`deep_types_across_updates`]`(under.0,
+/// 1, under.1 + 1)` made an array `under` at level `under.1 + 1`: client 9,101 sends
+/// a string waiting for an item of client 9,102 (so yrs keeps both its blocks
+/// pending) and a collected block at clock 1; then the missing item, the string again
+/// and, at clock 1, an array in `under` (yrs takes it: it integrated nothing there);
+/// then client 9,103 nests 31 arrays in that clock. Counted as the collected block it
+/// was first said to be, clock 1 sat at level 0 and the 31 at 1 to 31.
+pub fn pending_collected_block_retaken(under: (u64, u64)) -> Vec<Vec<u8>> {
+    let (c, x, d) = (9_101, 9_102, 9_103);
+    let string_after_x = |update: &mut Vec<u8>| {
+        update.push(0x84);
+        varint(update, x);
+        update.extend([0, 1, b'x']);
+    };
+    let mut first = vec![1, 2];
+    varint(&mut first, c);
+    first.push(0);
+    string_after_x(&mut first);
+    first.extend([0, 1, 0]);
+    let mut second = vec![2, 1];
+    varint(&mut second, x);
+    second.extend([0, 4, 1, 1, b't', 1, b'y', 2]);
+    varint(&mut second, c);
+    second.push(0);
+    string_after_x(&mut second);
+    array_in(&mut second, Some(under));
+    second.push(0);
+    let mut third = vec![1, 31];
+    varint(&mut third, d);
+    third.push(0);
+    array_in(&mut third, Some((c, 1)));
+    for clock in 1..31 {
+        array_in(&mut third, Some((d, clock - 1)));
+    }
+    third.push(0);
+    vec![first, second, third]
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {

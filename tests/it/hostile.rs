@@ -15,8 +15,8 @@ use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
     collected_left_origins, deep_types, deep_types_across_clients, deep_types_across_updates,
-    doc_body, nested_map_bomb, squash_run, state_vector_bomb, update_building_on_nothing, varint,
-    wrapped_length,
+    doc_body, nested_map_bomb, pending_collected_block_retaken, squash_run, state_vector_bomb,
+    update_building_on_nothing, varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -395,6 +395,39 @@ fn a_type_beside_a_collected_left_origin_counts_at_its_right_one() {
         "the first round's chain under the root array, no more"
     );
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
+}
+
+/// A third review's recipe: a collected block recorded while yrs kept it pending,
+/// then the same clock sent as an array (which yrs takes), then 31 arrays nested in
+/// it. Counted at the collected block's 0, they went in (64 deep here, 32 more each
+/// round); counted at the array's level, the 31 are refused.
+#[test]
+fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
+    let mut room = TestRoom::new(100);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut updates = deep_types_across_updates(9_100, 1, 31);
+    updates.pop(); // (not the delete)
+    updates.extend(pending_collected_block_retaken((9_100, 30)));
+    for update in updates {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(
+        depth, 33,
+        "the chain of 31 and the array, not the 31 nested in it"
+    );
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 1);
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
