@@ -321,7 +321,7 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
             client,
             clock as u32,
             clock.saturating_add(len).min(u64::from(u32::MAX)) as u32,
-            Level::Known(0),
+            Level::Collected,
         );
         return Ok(len);
     }
@@ -780,7 +780,7 @@ mod speed {
         });
         let record = best(&|| {
             let mut levels = crate::doc::levels::Levels::default();
-            levels.record(&shape, |_| u32::MAX);
+            levels.record(&shape, |_| u32::MAX, |_| u32::MAX);
         });
         println!(
             "{} bytes: check {check:?}, yrs decode {decode:?}, yrs decode + apply {apply:?}; levels: admit {admit:?}, record {record:?}",

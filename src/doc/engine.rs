@@ -97,7 +97,7 @@ impl SyncedDoc {
                         let _ = local_levels
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .record(&shape, |_| u32::MAX);
+                            .record(&shape, |_| u32::MAX, |_| u32::MAX);
                     }
                     None => debug!(
                         "a local update's layout is not one the check reads: shared types peers nest in its items will wait"

@@ -70,6 +70,11 @@ pub(crate) enum Level {
     /// Not to be nested in (two updates described these items differently, or finding
     /// their level took more than its budget).
     Disputed,
+    /// A collected (GC) block that yrs keeps pending, or one read in an update: what
+    /// builds on it counts it as an item not in yet, because yrs may still take
+    /// another description of its clocks (an item, a type) that comes first. Recorded
+    /// as `Known(0)` once yrs has integrated it.
+    Collected,
 }
 
 impl Level {
@@ -118,11 +123,17 @@ pub(crate) trait Lookup {
 fn settle(level: Level, first: &impl Lookup, second: &impl Lookup, budget: &mut u32) -> Settled {
     let mut known = 0u8;
     let mut plus = 0u8;
-    let mut at = level;
+    // (A collected block settles at 0 itself; looked up, it is not placed yet.)
+    let mut at = match level {
+        Level::Collected => Level::Known(0),
+        other => other,
+    };
     loop {
         match at {
             Level::Known(depth) => return Settled::Known(known.max(depth.saturating_add(plus))),
             Level::Disputed => return Settled::Disputed,
+            // (Not reached: `at` starts settled and lookups stop at one.)
+            Level::Collected => return Settled::Known(known.max(plus)),
             Level::After {
                 of,
                 plus: more,
@@ -135,14 +146,14 @@ fn settle(level: Level, first: &impl Lookup, second: &impl Lookup, budget: &mut 
                 }
                 *budget -= 1;
                 match first.find(of).or_else(|| second.find(of)) {
-                    Some(next) => at = next,
-                    None => {
+                    Some(Level::Collected) | None => {
                         return Settled::Relative {
                             known,
                             missing: of,
                             plus,
                         };
                     }
+                    Some(next) => at = next,
                 }
             }
         }
@@ -350,7 +361,7 @@ impl Shape {
 
     /// `level` settled against the items read so far: known, or as it was.
     pub(crate) fn settle(&mut self, level: Level) -> Level {
-        if let Level::Known(_) = level {
+        if let Level::Known(_) | Level::Collected = level {
             return level;
         }
         let mut budget = self.budget;
@@ -371,7 +382,11 @@ impl Shape {
     /// can be told, the left counts and the pair is checked once both can.
     pub(crate) fn beside(&mut self, left: Level, right: Level) -> Level {
         match (left, right) {
-            (Level::Disputed, _) | (_, Level::Disputed) => Level::Disputed,
+            // (Settled origins are never collected blocks themselves: looked up, those
+            // are items not placed yet.)
+            (Level::Disputed | Level::Collected, _) | (_, Level::Disputed | Level::Collected) => {
+                Level::Disputed
+            }
             (Level::Known(a), Level::Known(b)) => Level::Known(a.max(b)),
             (Level::Known(known), Level::After { of, plus, floor })
             | (Level::After { of, plus, floor }, Level::Known(known)) => Level::After {
@@ -543,17 +558,29 @@ impl Levels {
     /// brings are settled, or wait on the next item they build on. `false` if that
     /// took more than its budget: then stalled types may have been lost track of, and
     /// what yrs keeps pending must be given up.
-    pub(crate) fn record(&mut self, shape: &Shape, taken: impl Fn(u64) -> u32) -> bool {
+    pub(crate) fn record(
+        &mut self,
+        shape: &Shape,
+        integrated: impl Fn(u64) -> u32,
+        taken: impl Fn(u64) -> u32,
+    ) -> bool {
         let mut budget = shape.budget_for_settling().saturating_add(
             u32::try_from(self.stalled_count)
                 .unwrap_or(u32::MAX)
                 .saturating_mul(HOPS_PER_LEVEL),
         );
         for (client, runs) in &shape.clients {
-            let limit = taken(*client);
+            let (limit, placed) = (taken(*client), integrated(*client));
             for &(start, end, level) in runs {
                 let end = end.min(limit);
                 if start >= end {
+                    continue;
+                }
+                if level == Level::Collected {
+                    // At 0 what yrs integrated; what it keeps pending, not placed yet.
+                    let split = placed.clamp(start, end);
+                    self.record_run(*client, start, split, Level::Known(0));
+                    self.record_run(*client, split, end, Level::Collected);
                     continue;
                 }
                 // (Out of budget, it is kept as it was: correct, only longer to read.)
@@ -616,15 +643,22 @@ impl Levels {
     /// [`Levels::admit`] refuses an update that says otherwise), except where a
     /// collected block was recorded: described as anything else, the new level
     /// counts. A collected block kept pending in yrs can still be taken over by an item
-    /// of the same clocks that comes first; one yrs integrated stays collected, and
-    /// counting its clocks deeper only over-counts what yrs collects anyway.
+    /// of the same clocks that comes first (or be integrated: then it is at 0); one
+    /// yrs integrated stays collected, and counting its clocks deeper only over-counts
+    /// what yrs collects anyway.
     fn record_run(&mut self, client: u64, start: u32, end: u32, level: Level) {
         let mut at = start;
         let overlapping: Vec<(u32, u32, Level)> =
             self.runs.overlapping(client, start, end).collect();
         for (run_start, run_end, recorded) in overlapping {
             self.runs.push(client, at, run_start.max(at), level);
-            if recorded == Level::Known(0) && level != Level::Known(0) {
+            let collected = |level| matches!(level, Level::Known(0) | Level::Collected);
+            let replaced = match recorded {
+                Level::Collected => level != Level::Collected,
+                Level::Known(0) => !collected(level),
+                _ => false,
+            };
+            if start < end && replaced {
                 let runs = self.runs.clients.entry(client).or_default();
                 runs.remove(&run_start);
                 let (from, to) = (run_start.max(start), run_end.min(end));
@@ -695,7 +729,7 @@ mod tests {
     }
 
     fn record(levels: &mut Levels, shape: &Shape) {
-        assert!(levels.record(shape, |_| u32::MAX));
+        assert!(levels.record(shape, |_| u32::MAX, |_| u32::MAX));
     }
 
     /// A chain of types, each update one level below the last, stops at the limit.
@@ -853,36 +887,49 @@ mod tests {
 
     /// A collected block recorded while yrs kept it pending, then sent again as a type
     /// (which yrs takes, having integrated nothing there yet): the type's level counts,
-    /// not the block's 0, for what nests in it after.
+    /// not the block's 0, for what nests in it after; and what was nested in it before
+    /// (yrs keeps that pending too) is watched, not counted from 0.
     #[test]
     fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
         let mut levels = Levels::default();
-        record(&mut levels, &shape(&[(3, 0, 2, Level::Known(0))], &[]));
+        let pending = shape(&[(3, 0, 2, Level::Collected)], &[]);
+        assert!(levels.record(&pending, |_| 0, |_| u32::MAX));
+        // Nested in it before it is taken over: relative to it, so watched.
+        let early = Level::after((3, 1), 1);
+        let before = shape(&[(5, 0, 1, early)], &[((5, 0), early)]);
+        assert_eq!(levels.admit(&before), Admission::Stalls);
+        record(&mut levels, &before);
+        assert_eq!(levels.stalled_types(), 1);
+        // Taken over by a type at the limit: the watched one would be 33, within the
+        // settled limit, so it goes; a new type in it is refused.
         let ty = Level::Known(MAX_TYPE_DEPTH);
         let over = shape(&[(3, 1, 2, ty)], &[]);
         assert_eq!(levels.admit(&over), Admission::Admitted);
         record(&mut levels, &over);
-        assert_eq!(levels.runs.find((3, 0)), Some(Level::Known(0)));
+        assert_eq!(levels.runs.find((3, 0)), Some(Level::Collected));
         assert_eq!(levels.runs.find((3, 1)), Some(ty));
+        assert_eq!(levels.stalled_types(), 0);
         let nested = Level::after((3, 1), 1);
         let under = shape(&[(4, 0, 1, nested)], &[((4, 0), nested)]);
         assert_eq!(levels.admit(&under), Admission::TooDeep);
-        // Described as collected over a recorded item, the item's level stays.
-        record(&mut levels, &shape(&[(3, 1, 2, Level::Known(0))], &[]));
+        // Described as collected over a recorded item, the item's level stays; a
+        // collected block yrs integrated is at 0.
+        record(&mut levels, &shape(&[(3, 1, 2, Level::Collected)], &[]));
         assert_eq!(levels.runs.find((3, 1)), Some(ty));
+        record(&mut levels, &shape(&[(3, 0, 1, Level::Collected)], &[]));
+        assert_eq!(levels.runs.find((3, 0)), Some(Level::Known(0)));
     }
 
     /// Only what yrs took is recorded; what it gave up is forgotten.
     #[test]
     fn only_what_yrs_took_is_recorded() {
         let mut levels = Levels::default();
-        levels.record(
-            &shape(
-                &[(1, 0, 10, Level::Known(1)), (2, 0, 4, Level::Known(2))],
-                &[],
-            ),
-            |client| if client == 1 { 6 } else { 0 },
+        let taken = |client| if client == 1 { 6 } else { 0 };
+        let both = shape(
+            &[(1, 0, 10, Level::Known(1)), (2, 0, 4, Level::Known(2))],
+            &[],
         );
+        assert!(levels.record(&both, taken, taken));
         let has = |levels: &Levels, id| levels.runs.find(id).is_some();
         assert!(has(&levels, (1, 5)) && !has(&levels, (1, 6)) && !has(&levels, (2, 0)));
         let mut known = yrs::StateVector::default();

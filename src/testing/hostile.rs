@@ -192,15 +192,15 @@ pub fn collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A review's recipe in three updates, after [`deep_types_across_updates`]`(under.0,
-/// 1, under.1 + 1)` made an array `under` at level `under.1 + 1`: client 9,101 sends
-/// a string waiting for an item of client 9,102 (so yrs keeps both its blocks
+/// A review's recipe in three updates, given an array `under`: client `client` sends
+/// a string waiting for an item of client `client + 1` (so yrs keeps both its blocks
 /// pending) and a collected block at clock 1; then the missing item, the string again
 /// and, at clock 1, an array in `under` (yrs takes it: it integrated nothing there);
-/// then client 9,103 nests 31 arrays in that clock. Counted as the collected block it
-/// was first said to be, clock 1 sat at level 0 and the 31 at 1 to 31.
-pub fn pending_collected_block_retaken(under: (u64, u64)) -> Vec<Vec<u8>> {
-    let (c, x, d) = (9_101, 9_102, 9_103);
+/// then client `client + 2` nests 31 arrays in that clock (its 31st at clock 30).
+/// Counted as the collected block it was first said to be, clock 1 sat at level 0 and
+/// the 31 at 1 to 31. (Sent first, third, second: the 31 wait in yrs for the array.)
+pub fn pending_collected_block_retaken(client: u64, under: (u64, u64)) -> Vec<Vec<u8>> {
+    let (c, x, d) = (client, client + 1, client + 2);
     let string_after_x = |update: &mut Vec<u8>| {
         update.push(0x84);
         varint(update, x);

@@ -410,7 +410,7 @@ fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
     room.step_n(3);
     let mut updates = deep_types_across_updates(9_100, 1, 31);
     updates.pop(); // (not the delete)
-    updates.extend(pending_collected_block_retaken((9_100, 30)));
+    updates.extend(pending_collected_block_retaken(9_101, (9_100, 30)));
     for update in updates {
         inject(&mut room, a, b, doc_body(0, 2, &update));
         room.step();
@@ -428,6 +428,47 @@ fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
         "the chain of 31 and the array, not the 31 nested in it"
     );
     assert_eq!(drops(&mut room, b, DropReason::Malformed), 1);
+}
+
+/// A fourth review's recipe: the same, but the 31 arrays are sent before the clock
+/// is taken over, so they were counted from the collected block's 0 and waited in yrs
+/// for the array; then each round went 32 deeper. Now a collected block, looked up,
+/// is an item not placed yet: the 31 are watched, go in within `MAX_SETTLED_DEPTH`
+/// when the array comes, and the next round's array is refused.
+#[test]
+fn types_nested_in_a_pending_collected_block_are_watched() {
+    let mut room = TestRoom::new(101);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut updates = deep_types_across_updates(9_200, 1, 31);
+    updates.pop(); // (not the delete)
+    let mut under = (9_200, 30);
+    for round in 0..3 {
+        let client = 9_300 + 10 * round;
+        let mut round = pending_collected_block_retaken(client, under);
+        round.swap(1, 2);
+        updates.extend(round);
+        under = (client + 2, 30);
+    }
+    for update in updates {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert!(
+        depth <= bevy_peer_sync::doc::MAX_SETTLED_DEPTH as usize + 1,
+        "{depth} deep"
+    );
+    assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
