@@ -230,6 +230,26 @@ pub fn pending_collected_block_retaken(client: u64, under: (u64, u64)) -> Vec<Ve
     vec![first, second, third]
 }
 
+/// A review's recipe, one round: a collected block of `over.0` at clock `over.1` (a
+/// type the receiver holds: yrs drops the block, having those clocks), and client
+/// `client`'s 32 arrays, the first in `over`, each next in the one before. Looked up
+/// in the update itself, `over` was a collected block, so the 32 were counted
+/// relative to it while yrs put them under the real type: 32 deeper each round.
+pub fn collected_over_a_type(over: (u64, u64), client: u64) -> Vec<u8> {
+    let mut update = vec![2, 1];
+    varint(&mut update, over.0);
+    varint(&mut update, over.1);
+    update.extend([0, 1, 32]);
+    varint(&mut update, client);
+    update.push(0);
+    array_in(&mut update, Some(over));
+    for clock in 1..32 {
+        array_in(&mut update, Some((client, clock - 1)));
+    }
+    update.push(0);
+    update
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {

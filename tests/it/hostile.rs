@@ -14,9 +14,9 @@ use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
-    collected_left_origins, deep_types, deep_types_across_clients, deep_types_across_updates,
-    doc_body, nested_map_bomb, pending_collected_block_retaken, squash_run, state_vector_bomb,
-    update_building_on_nothing, varint, wrapped_length,
+    collected_left_origins, collected_over_a_type, deep_types, deep_types_across_clients,
+    deep_types_across_updates, doc_body, nested_map_bomb, pending_collected_block_retaken,
+    squash_run, state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -467,6 +467,45 @@ fn types_nested_in_a_pending_collected_block_are_watched() {
     assert!(
         depth <= bevy_peer_sync::doc::MAX_SETTLED_DEPTH as usize + 1,
         "{depth} deep"
+    );
+    assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
+}
+
+/// A fifth review's recipe: a collected block over clocks the receiver holds as a type
+/// (yrs drops it) with 32 arrays nested in that type, each round under the last
+/// round's deepest. Looked up in the update itself the type was a collected block, so
+/// the arrays were relative and went in: 32 deeper a round, no pending needed. Now
+/// what the document recorded there counts, and the first round is refused.
+#[test]
+fn a_collected_block_over_a_held_type_does_not_hide_it() {
+    let mut room = TestRoom::new(102);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut updates = deep_types_across_updates(9_400, 1, 32);
+    updates.pop(); // (not the delete)
+    let mut over = (9_400, 31);
+    for round in 0..3 {
+        let client = 9_401 + round;
+        updates.push(collected_over_a_type(over, client));
+        over = (client, 31);
+    }
+    for update in updates {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(
+        depth, 33,
+        "the first chain of 32 under the root array, no more"
     );
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }
