@@ -520,6 +520,8 @@ pub(crate) struct Levels {
     /// item comes: by the item's client and clock.
     stalled: HashMap<u64, BTreeMap<u32, Vec<Watch>>>,
     stalled_count: usize,
+    /// Collected blocks recorded while yrs kept them pending: client and first clock.
+    collecting: Vec<(u64, u32)>,
 }
 
 impl Levels {
@@ -598,7 +600,10 @@ impl Levels {
                     // At 0 what yrs integrated; what it keeps pending, not placed yet.
                     let split = placed.clamp(start, end);
                     self.record_run(*client, start, split, Level::Known(0));
-                    self.record_run(*client, split, end, Level::Collected);
+                    if split < end {
+                        self.record_run(*client, split, end, Level::Collected);
+                        self.collecting.push((*client, split));
+                    }
                     continue;
                 }
                 // (Out of budget, it is kept as it was: correct, only longer to read.)
@@ -699,6 +704,30 @@ impl Levels {
             .or_default()
             .push(watch);
         self.stalled_count += 1;
+    }
+
+    /// Records at 0 the collected blocks yrs kept pending and has now integrated
+    /// (before `integrated(client)`), whichever update brought what they waited for.
+    pub(crate) fn place_collected(&mut self, integrated: impl Fn(u64) -> u32) {
+        let collecting = std::mem::take(&mut self.collecting);
+        for (client, start) in collecting {
+            let placed = integrated(client);
+            let Some(Level::Collected) = self.runs.find((client, start)) else {
+                continue;
+            };
+            let end = self
+                .runs
+                .clients
+                .get(&client)
+                .and_then(|runs| runs.get(&start).map(|run| run.0))
+                .unwrap_or(start);
+            if placed > start {
+                self.record_run(client, start, end.min(placed), Level::Known(0));
+            }
+            if placed < end {
+                self.collecting.push((client, placed.max(start)));
+            }
+        }
     }
 
     /// Shared types yrs keeps pending whose depth cannot be told yet.
@@ -938,6 +967,25 @@ mod tests {
         assert_eq!(levels.runs.find((3, 1)), Some(ty));
         record(&mut levels, &shape(&[(3, 0, 1, Level::Collected)], &[]));
         assert_eq!(levels.runs.find((3, 0)), Some(Level::Known(0)));
+    }
+
+    /// A collected block yrs kept pending and then integrated (when another client's
+    /// update brought what it waited for) is at 0 from then on: an item beside it and
+    /// a deeper right origin is refused, not watched for ever.
+    #[test]
+    fn a_pending_collected_block_integrated_later_is_at_zero() {
+        let mut levels = Levels::default();
+        assert!(levels.record(&shape(&[(3, 0, 2, Level::Collected)], &[]), |_| 0, |_| 2));
+        levels.place_collected(|_| 2);
+        assert_eq!(levels.runs.find((3, 1)), Some(Level::Known(0)));
+        record(&mut levels, &shape(&[(4, 0, 1, Level::Known(33))], &[]));
+        let mut update = Shape::for_bytes(64);
+        let left = update.settle(Level::after((3, 1), 0));
+        let right = update.settle(Level::after((4, 0), 0));
+        let item = update.beside(left, right);
+        update.push(5, 0, 1, item);
+        update.finish(false).unwrap();
+        assert_eq!(levels.admit(&update), Admission::TooDeep);
     }
 
     /// Only what yrs took is recorded; what it gave up is forgotten.

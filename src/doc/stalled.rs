@@ -198,6 +198,7 @@ impl Pass<'_> {
         let on_track = self
             .levels
             .record(shape, at, |client| ends.get(&client).copied().unwrap_or(0));
+        self.levels.place_collected(at);
         if !on_track && txn.has_missing_updates() {
             debug!("gave up what yrs kept pending: its shared types took too long to follow");
             self.give_up_pending(txn);
