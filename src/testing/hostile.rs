@@ -250,6 +250,51 @@ pub fn collected_over_a_type(over: (u64, u64), client: u64) -> Vec<u8> {
     update
 }
 
+/// A sixth review's recipe, `rounds` rounds of three updates: client `R` sends a
+/// string waiting for an item of client `B` (so yrs keeps it pending) and a
+/// collected block at clock 1; `B` sends that item under root `t`, so yrs integrates
+/// `R`'s blocks, the collected one too; then client `C` sends an array whose left
+/// origin is that collected block and whose right origin is the last round's deepest
+/// array (the first round's: an array under root `a`), and 31 arrays nested in it.
+/// yrs places the array beside its right origin (a collected left origin is no
+/// origin): each round nests 31 deeper than the last. Counted while the collected
+/// block still read as not placed, each round's arrays were relative to it and went in.
+pub fn drained_collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
+    let mut base = vec![1, 1];
+    varint(&mut base, 9_599);
+    base.push(0);
+    array_in(&mut base, None);
+    base.push(0);
+    let mut out = vec![base];
+    let mut right = (9_599, 0);
+    for k in 0..rounds {
+        let (r, b, c) = (9_600 + 3 * k, 9_601 + 3 * k, 9_602 + 3 * k);
+        let mut pending = vec![1, 2];
+        varint(&mut pending, r);
+        pending.extend([0, 0x84]);
+        varint(&mut pending, b);
+        pending.extend([0, 1, b'x', 0, 1, 0]);
+        let mut brings = vec![1, 1];
+        varint(&mut brings, b);
+        brings.extend([0, 4, 1, 1, b't', 1, b'y', 0]);
+        let mut beside = vec![1, 32];
+        varint(&mut beside, c);
+        beside.extend([0, 0xc7]);
+        varint(&mut beside, r);
+        varint(&mut beside, 1);
+        varint(&mut beside, right.0);
+        varint(&mut beside, right.1);
+        beside.push(0);
+        for clock in 1..32 {
+            array_in(&mut beside, Some((c, clock - 1)));
+        }
+        beside.push(0);
+        out.extend([pending, brings, beside]);
+        right = (c, 31);
+    }
+    out
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {

@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
     collected_left_origins, collected_over_a_type, deep_types, deep_types_across_clients,
-    deep_types_across_updates, doc_body, nested_map_bomb, pending_collected_block_retaken,
-    squash_run, state_vector_bomb, update_building_on_nothing, varint, wrapped_length,
+    deep_types_across_updates, doc_body, drained_collected_left_origins, nested_map_bomb,
+    pending_collected_block_retaken, squash_run, state_vector_bomb, update_building_on_nothing,
+    varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -507,6 +508,36 @@ fn a_collected_block_over_a_held_type_does_not_hide_it() {
         depth, 33,
         "the first chain of 32 under the root array, no more"
     );
+    assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
+}
+
+/// A sixth review's recipe: a collected block yrs kept pending and then integrated
+/// (another client's update brought what it waited for) as the left origin of an
+/// array beside the last round's deepest, with 31 nested in it, round after round.
+/// While the block still read as not placed, each round was relative to it and went
+/// in, 31 deeper than the last (on `db0cda7`, 126 deep after four rounds); now it is
+/// at 0 once yrs integrated it, the pair is judged as soon as it comes (its right
+/// origin sits deeper than the level counted through the left), and is refused.
+#[test]
+fn a_drained_pending_collected_block_as_left_origin_counts_at_the_right_one() {
+    let mut room = TestRoom::new(103);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    for update in drained_collected_left_origins(4) {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(depth, 2, "the root array and the array in it, no more");
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }
 
