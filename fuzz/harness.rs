@@ -961,7 +961,7 @@ pub fn real_save() -> Vec<u8> {
     let room = doc_room().room;
     let world = room.app(0).world();
     encode_save(
-        world.resource::<LocalPeer>().replica(),
+        world.resource::<LocalPeer>().key(),
         world.resource::<SharedDoc>(),
         Some(world.resource::<EntityDoc>()),
     )
@@ -991,7 +991,7 @@ pub fn save(data: &[u8]) {
         }
     };
     if let Ok(save) = decode_save(&bytes) {
-        let _ = save.replica;
+        let _ = save.key;
         for update in [save.shared, save.entities].into_iter().flatten() {
             let doc = Doc::new();
             let _ = doc.transact_mut().apply_update(update);

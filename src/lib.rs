@@ -158,6 +158,27 @@ pub mod internals {
     use crate::doc::SharedDoc;
     use crate::durable::EntityDoc;
 
+    /// The yrs client id the app of `world` writes document `doc` with this run (`0`
+    /// the shared document, `1` the entity document): the only one its live updates
+    /// may carry blocks of.
+    pub fn writes_as(world: &bevy::prelude::World, doc: u8) -> u64 {
+        world
+            .resource::<crate::net::peer::LocalPeer>()
+            .client_id(doc)
+    }
+
+    /// The hello the app of `world` would send to `peer` now (with its proof once it
+    /// has the peer's), saying `heard` and `waiting`: for tests that replay or flood
+    /// one. `None` without a link to `peer`.
+    pub fn hello_to(
+        world: &bevy::prelude::World,
+        peer: crate::net::peer::PeerId,
+        heard: bool,
+        waiting: bool,
+    ) -> Option<crate::net::wire::Hello> {
+        crate::net::session::hello_to(world, peer, heard, waiting)
+    }
+
     /// A raw write transaction on the entity document: skips the ECS and the
     /// ownership rules on this peer, as a hostile peer would. Other peers judge what
     /// it sends like any live update.
@@ -226,6 +247,7 @@ pub mod prelude {
     pub use crate::net::connection::{
         Connection, ConnectionState, ConnectionStateChanged, SetOnline,
     };
+    pub use crate::net::identity::{PeerKey, RoomSecret};
     pub use crate::net::peer::{
         LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, Peers, RejectReason,
         ReplicaId,

@@ -4,9 +4,11 @@
 //!
 //! The save is loaded when the app finishes building, before `Startup`, so the
 //! game's own startup systems already see it. A restored peer takes back its
-//! [`ReplicaId`] (and with it ownership of its entities) but
+//! [`ReplicaId`](crate::net::peer::ReplicaId) (and with it ownership of its entities) but
 //! writes with a fresh yrs client id. Two apps must never share one save: the room
-//! would see one replica twice, and the handshake refuses that.
+//! would see one replica twice, and the handshake refuses that. The save holds the
+//! replica's secret key (see [`identity`](crate::net::identity)): whoever has the
+//! file can write as that replica, so keep it like a password.
 //!
 //! A save is written whole to a temporary file and renamed over the old one, so a
 //! crash mid-save leaves the previous save. A save that is corrupted or truncated is
@@ -16,8 +18,8 @@
 //! inspect), and the game goes on with the room's state.
 //!
 //! ## Format
-//! `BPSY` magic, a format byte (`1`), the replica id (little-endian `u64`: a restored
-//! peer keeps owning what it owned), a section count, then per section a document
+//! `BPSY` magic, a format byte (`2`), the replica key's 32-byte seed (a restored peer
+//! proves the same replica id and keeps owning what it owned), a section count, then per section a document
 //! id byte (`0` shared, `1` entities), a little-endian `u32` length and a yrs v1
 //! update of the whole document; last, a CRC-32 of everything before it.
 //!
@@ -43,12 +45,15 @@ use crate::doc::levels::Shape;
 use crate::doc::{Decoded, DocLimits, SharedDoc, decode_update};
 use crate::durable::EntityDoc;
 use crate::error::{PeerSyncError, SaveError};
+use crate::net::identity::PeerKey;
+use crate::net::peer::LocalPeer;
 use crate::net::peer::PeerId;
-use crate::net::peer::{LocalPeer, ReplicaId};
 use crate::schedule::PeerSyncSystems;
 
 const MAGIC: &[u8; 4] = b"BPSY";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Magic, format byte, key seed, section count.
+const HEADER: usize = 4 + 1 + 32 + 1;
 const SHARED: u8 = 0;
 const ENTITIES: u8 = 1;
 
@@ -161,11 +166,7 @@ impl Plugin for PersistencePlugin {
 }
 
 /// Encodes the documents as one save.
-pub fn encode_save(
-    replica: ReplicaId,
-    shared: &SharedDoc,
-    entities: Option<&EntityDoc>,
-) -> Vec<u8> {
+pub fn encode_save(key: &PeerKey, shared: &SharedDoc, entities: Option<&EntityDoc>) -> Vec<u8> {
     let mut sections = vec![(SHARED, shared.encode_state())];
     if let Some(entities) = entities {
         sections.push((ENTITIES, entities.encode_state()));
@@ -173,7 +174,7 @@ pub fn encode_save(
     let mut out = Vec::with_capacity(16 + sections.iter().map(|s| s.1.len() + 5).sum::<usize>());
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
-    out.extend_from_slice(&replica.0.to_le_bytes());
+    out.extend_from_slice(&key.seed());
     out.push(sections.len() as u8);
     for (id, bytes) in sections {
         out.push(id);
@@ -188,8 +189,8 @@ pub fn encode_save(
 /// A checked save: one whole-document update per document.
 #[derive(Debug)]
 pub struct DecodedSave {
-    /// The replica that wrote it.
-    pub replica: ReplicaId,
+    /// The key of the replica that wrote it.
+    pub key: PeerKey,
     /// The shared document's state.
     pub shared: Option<Update>,
     /// The entity document's state.
@@ -202,7 +203,7 @@ pub struct DecodedSave {
 /// Checks and decodes a save. Any damage (wrong magic or format, bad checksum,
 /// truncation, an update yrs cannot decode or apply) refuses the whole save.
 pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
-    if bytes.len() < MAGIC.len() + 1 + 8 + 1 + 4 {
+    if bytes.len() < HEADER + 4 {
         return Err(SaveError::TooShort { len: bytes.len() });
     }
     if &bytes[..4] != MAGIC {
@@ -219,14 +220,11 @@ pub fn decode_save(bytes: &[u8]) -> Result<DecodedSave, SaveError> {
     if crc32fast::hash(body) != crc {
         return Err(SaveError::Checksum);
     }
-    let replica = ReplicaId(u64::from_le_bytes(body[5..13].try_into().expect("8 bytes")));
-    if !replica.is_valid() {
-        return Err(SaveError::Replica(replica.0));
-    }
-    let count = body[13];
-    let mut at = 14;
+    let key = PeerKey::from_seed(body[5..37].try_into().expect("32 bytes"));
+    let count = body[HEADER - 1];
+    let mut at = HEADER;
     let mut save = DecodedSave {
-        replica,
+        key,
         shared: None,
         entities: None,
         shapes: Default::default(),
@@ -329,7 +327,8 @@ fn load_save(world: &mut World) {
     {
         error!("the saved shared document did not apply: {error}");
     }
-    world.insert_resource(LocalPeer::with_replica(save.replica));
+    let replica = save.key.replica();
+    world.resource_mut::<LocalPeer>().restore_key(save.key);
     match save.entities {
         Some(update) if world.contains_resource::<EntityDoc>() => {
             let shape = entities_shape;
@@ -343,7 +342,7 @@ fn load_save(world: &mut World) {
     info!(
         "loaded the save at `{name}` (`{}` bytes, replica `{}`)",
         bytes.len(),
-        save.replica
+        replica
     );
     world.resource_mut::<Persistence>().loaded = Some(true);
 }
@@ -370,7 +369,7 @@ fn autosave(
         return;
     }
     persistence.last_save = now;
-    let bytes = encode_save(local.replica(), &shared, entities.as_deref());
+    let bytes = encode_save(local.key(), &shared, entities.as_deref());
     match write_store(&persistence.store, &bytes) {
         Ok(()) => {
             persistence.last_saved_updates = Some(updates);

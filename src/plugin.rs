@@ -97,7 +97,25 @@ impl PeerSyncPlugin {
         self
     }
 
-    /// Session settings (limits, ping interval).
+    /// Keeps strangers out: only peers with the same secret get past the handshake,
+    /// and a peer with another (or none) is refused with
+    /// [`RejectReason::RoomSecret`](crate::net::peer::RejectReason::RoomSecret) on both
+    /// sides. The secret never crosses the wire; see
+    /// [`identity`](crate::net::identity) for what it buys.
+    ///
+    /// ```
+    /// use bevy_peer_sync::prelude::*;
+    ///
+    /// let plugin = PeerSyncPlugin::new("ws://127.0.0.1:3536/board")
+    ///     .with_room_secret(RoomSecret::new("k7Qm-2xPa-9dLr-Vw4e"));
+    /// # let _ = plugin;
+    /// ```
+    pub fn with_room_secret(mut self, secret: crate::net::identity::RoomSecret) -> Self {
+        self.session.room_secret = Some(secret);
+        self
+    }
+
+    /// Session settings (limits, ping interval, room secret).
     pub fn with_session_config(mut self, config: SessionConfig) -> Self {
         self.session = config;
         self

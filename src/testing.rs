@@ -12,12 +12,22 @@ use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 
 use crate::PeerSyncPlugin;
-use crate::net::peer::{LocalPeer, PeerId, PeerLink, Peers, ReplicaId};
+use crate::net::identity::PeerKey;
+use crate::net::peer::{LocalPeer, PeerId, PeerLink, Peers};
 use crate::net::session::PayloadReceived;
 use crate::net::transport::memory::{MemoryEndpoint, MemoryNetwork};
 
 /// The frame time every [`TestRoom`] app advances by: 60 Hz.
 pub const FRAME: Duration = Duration::from_nanos(16_666_667);
+
+/// How a [`TestRoom`] peer differs from the default one.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
+    /// Its replica key (by default one derived from the room's seed and its index).
+    pub key: Option<PeerKey>,
+    /// The room's secret as this peer has it (by default none).
+    pub room_secret: Option<crate::net::identity::RoomSecret>,
+}
 
 /// Several peers in one in-memory room.
 pub struct TestRoom {
@@ -38,34 +48,56 @@ impl TestRoom {
     }
 
     /// An app on this room's network with `MinimalPlugins`, a 60 Hz pinned clock,
-    /// a replica id derived from the room's seed and [`PeerSyncPlugin::in_memory`],
+    /// keys derived from the room's seed and [`PeerSyncPlugin::in_memory`],
     /// not yet added to the room.
     pub fn new_app(&self) -> App {
-        // SplitMix64 of (seed, index): distinct, reproducible, 53-bit like yrs ids.
+        self.new_app_with(PeerOptions::default())
+    }
+
+    /// [`TestRoom::new_app`] with `options`.
+    pub fn new_app_with(&self, options: PeerOptions) -> App {
+        // SplitMix64 of (seed, index): distinct, reproducible.
         let mut z = self
             .seed
             .wrapping_add((self.apps.len() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        let replica = ReplicaId((z & ((1 << 53) - 1)) | 1);
+        let seed = |salt: u64| {
+            let mut bytes = [0; 32];
+            for (k, chunk) in bytes.chunks_mut(8).enumerate() {
+                chunk.copy_from_slice(&(z ^ salt.wrapping_mul(k as u64 + 1)).to_le_bytes());
+            }
+            PeerKey::from_seed(bytes)
+        };
+        let key = options.key.unwrap_or_else(|| seed(1));
+        let mut plugin = PeerSyncPlugin::in_memory(&self.network);
+        if let Some(secret) = options.room_secret {
+            plugin = plugin.with_room_secret(secret);
+        }
         let mut app = App::new();
         app.add_plugins(MinimalPlugins)
-            .insert_resource(LocalPeer::with_replica(replica))
+            .insert_resource(LocalPeer::with_keys(key, seed(2)))
             .insert_resource(TimeUpdateStrategy::ManualDuration(FRAME))
-            .add_plugins(PeerSyncPlugin::in_memory(&self.network));
+            .add_plugins(plugin);
         app
     }
 
-    /// Adds a peer; `setup` registers components and systems. Returns its index.
-    pub fn add_peer(&mut self, setup: impl FnOnce(&mut App)) -> usize {
-        let mut app = self.new_app();
+    /// Adds a peer made with `options`; `setup` registers components and systems.
+    /// Returns its index.
+    pub fn add_peer_with(&mut self, options: PeerOptions, setup: impl FnOnce(&mut App)) -> usize {
+        let mut app = self.new_app_with(options);
         setup(&mut app);
         // What `App::run` does before the first frame.
         app.finish();
         app.cleanup();
         self.apps.push(app);
         self.apps.len() - 1
+    }
+
+    /// Adds a peer; `setup` registers components and systems. Returns its index.
+    pub fn add_peer(&mut self, setup: impl FnOnce(&mut App)) -> usize {
+        self.add_peer_with(PeerOptions::default(), setup)
     }
 
     /// Advances the network clock by one frame and updates every app once, in order.

@@ -154,7 +154,7 @@ impl Plugin for UndoPlugin {
             init_undo_stack: Vec::new(),
             init_redo_stack: Vec::new(),
         });
-        let doc = app.world_mut().get_resource_or_init::<SharedDoc>();
+        let doc = SharedDoc::get_or_init(app.world_mut());
         for tracked in &self.tracked {
             match tracked {
                 Tracked::Text(name) => manager.expand_scope(doc.doc(), &doc.text(name)),

@@ -26,6 +26,9 @@ pub(crate) struct Remote {
     pub(crate) from: PeerId,
     /// Catch-up (a y-sync step 2) rather than a live update.
     pub(crate) catch_up: bool,
+    /// Of a live update: the yrs client id its sender writes this document with (see
+    /// [`identity`](crate::net::identity)), the only one its blocks may be of.
+    pub(crate) author: Option<u64>,
     /// The update.
     pub(crate) bytes: Vec<u8>,
 }

@@ -426,6 +426,11 @@ impl Shape {
         }
     }
 
+    /// The clients whose blocks the update carries.
+    pub(crate) fn clients(&self) -> impl Iterator<Item = u64> + '_ {
+        self.clients.iter().map(|(client, _)| *client)
+    }
+
     fn runs(&self) -> usize {
         self.clients.iter().map(|(_, runs)| runs.len()).sum()
     }

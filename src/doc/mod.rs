@@ -195,6 +195,26 @@ pub(crate) fn leaves_hole(update: &Update, known: &StateVector) -> bool {
         .any(|(client, &start)| start > known.get(client))
 }
 
+/// Decodes a live update from a peer whose blocks may only be of client `author`
+/// (its sender's own, see [`identity`](crate::net::identity)): one carrying
+/// another's (items, collected blocks: a peer writing in another's name, or making
+/// receivers skip another's next edits) is refused as [`DropReason::NotOwner`].
+/// Deletions of others' items are judged by the document's own rules.
+pub(crate) fn decode_live(
+    bytes: &[u8],
+    limits: &DocLimits,
+    author: Option<u64>,
+) -> Result<Decoded, DropReason> {
+    let Some(author) = author else {
+        return Err(DropReason::NotOwner);
+    };
+    let decoded = decode_update(bytes, limits)?;
+    if decoded.shape.clients().any(|client| client != author) {
+        return Err(DropReason::NotOwner);
+    }
+    Ok(decoded)
+}
+
 /// Decodes a yrs update from a peer, refusing oversized or malformed ones whole.
 ///
 /// yrs sees only what passed [`check::update`]: exactly an honest encoder's layout,

@@ -19,15 +19,35 @@ pub struct SharedDoc {
     synced: Arc<SyncedDoc>,
 }
 
-impl Default for SharedDoc {
-    fn default() -> Self {
+impl SharedDoc {
+    /// A document writing with yrs client id `client_id` (see
+    /// [`identity`](crate::net::identity): the local run's, which peers check).
+    pub(crate) fn with_client_id(client_id: u64) -> Self {
+        let doc = Doc::with_options(yrs::Options {
+            client_id: yrs::block::ClientID::new(client_id),
+            ..yrs::Options::default()
+        });
         Self {
-            synced: Arc::new(SyncedDoc::new(Doc::new())),
+            synced: Arc::new(SyncedDoc::new(doc)),
         }
     }
-}
 
-impl SharedDoc {
+    /// The world's shared document, created (writing with this run's client id) and
+    /// hosted if it has none yet.
+    pub(crate) fn get_or_init(world: &mut World) -> &SharedDoc {
+        if !world.contains_resource::<SharedDoc>() {
+            let client_id = world
+                .get_resource_or_init::<crate::net::peer::LocalPeer>()
+                .client_id(DocId::Room as u8);
+            let doc = SharedDoc::with_client_id(client_id);
+            world
+                .get_resource_or_init::<HostedDocs>()
+                .host(DocId::Room, Arc::clone(&doc.synced));
+            world.insert_resource(doc);
+        }
+        world.resource::<SharedDoc>()
+    }
+
     /// The shared text `name`, created if needed.
     pub fn text(&self, name: &str) -> TextRef {
         self.doc().get_or_insert_text(name)
@@ -123,12 +143,8 @@ pub struct SharedDocChanged {
 
 /// Hosts the [`SharedDoc`] in the engine, and applies and sends its updates.
 pub(super) fn plugin(app: &mut App) {
-    let doc = SharedDoc::default();
-    app.world_mut()
-        .get_resource_or_init::<HostedDocs>()
-        .host(DocId::Room, Arc::clone(&doc.synced));
-    app.insert_resource(doc)
-        .add_message::<SharedDocChanged>()
+    SharedDoc::get_or_init(app.world_mut());
+    app.add_message::<SharedDocChanged>()
         .add_stage_systems(
             PeerSyncSystems::Apply,
             apply_room_updates
@@ -150,12 +166,25 @@ fn apply_room_updates(
     if incoming.is_empty() {
         return;
     }
-    let updates: Vec<(PeerId, Vec<u8>)> = incoming.into_iter().map(|r| (r.from, r.bytes)).collect();
-    let mut room_from = Vec::new();
     let mut refused = Vec::new();
+    // Live updates decoded now (their author checked), catch-up as it is applied.
+    let limits = doc.synced.limits();
+    let mut live = Vec::new();
+    let mut catch_up = Vec::new();
+    for remote in incoming {
+        if remote.catch_up {
+            catch_up.push((remote.from, remote.bytes));
+            continue;
+        }
+        match super::decode_live(&remote.bytes, &limits, remote.author) {
+            Ok(decoded) => live.push((remote.from, decoded, remote.bytes.len())),
+            Err(reason) => refused.push((remote.from, reason)),
+        }
+    }
+    let mut room_from = Vec::new();
     let applied = doc.synced.apply_encoded(
-        Vec::new(),
-        updates,
+        live,
+        catch_up,
         |from, _| {
             if !room_from.contains(&from) {
                 room_from.push(from);

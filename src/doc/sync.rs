@@ -198,6 +198,7 @@ pub(super) fn receive_doc_messages(
     mut asks: ResMut<Step1Asks>,
     peers: Res<Peers>,
     mut stats: Query<&mut PeerStats>,
+    links: Query<&Inbound>,
 ) {
     if inbox.doc.is_empty() {
         return;
@@ -242,14 +243,22 @@ pub(super) fn receive_doc_messages(
                 synced.push_incoming(Remote {
                     from: peer,
                     catch_up: true,
+                    author: None,
                     bytes,
                 });
             }
-            SyncMessage::Update(bytes) => synced.push_incoming(Remote {
-                from: peer,
-                catch_up: false,
-                bytes,
-            }),
+            SyncMessage::Update(bytes) => {
+                let author = peers
+                    .entity(peer)
+                    .and_then(|entity| links.get(entity).ok())
+                    .and_then(|link| link.handshake.their_client_id(doc_id as u8));
+                synced.push_incoming(Remote {
+                    from: peer,
+                    catch_up: false,
+                    author,
+                    bytes,
+                })
+            }
         }
     }
 }

@@ -59,15 +59,17 @@ impl fmt::Debug for EntityDoc {
 }
 
 impl EntityDoc {
-    pub(super) fn new(replica: ReplicaId) -> Self {
-        Self::with_client_id(replica.0)
+    /// A document writing with yrs client id `client_id`: the local run's (see
+    /// [`identity`](crate::net::identity)), fresh each run, as reusing one whose later
+    /// edits may have reached peers but not the save would corrupt the document.
+    pub(super) fn new(client_id: u64) -> Self {
+        Self::with_client_id(client_id)
     }
 
-    /// A document for a replica restored from a save: its yrs client id is fresh
-    /// (reusing one whose later edits may have reached peers but not the save would
-    /// corrupt the document), while ownership stays with the replica id.
-    pub(crate) fn restored(state: Decoded) -> Self {
-        let mut doc = Self::with_client_id(yrs::block::ClientID::random().get());
+    /// A document for a replica restored from a save (ownership stays with the
+    /// replica id; the client id is this run's).
+    pub(crate) fn restored(client_id: u64, state: Decoded) -> Self {
+        let mut doc = Self::with_client_id(client_id);
         doc.queue_saved(state);
         doc
     }

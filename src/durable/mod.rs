@@ -109,11 +109,11 @@ impl Default for EntityDocConfig {
 
 /// Adds the durable route. Part of [`crate::PeerSyncPlugin`].
 pub(crate) fn plugin(app: &mut App) {
-    let replica = app
+    let client_id = app
         .world_mut()
         .get_resource_or_init::<LocalPeer>()
-        .replica();
-    let doc = EntityDoc::new(replica);
+        .client_id(DocId::Entities as u8);
+    let doc = EntityDoc::new(client_id);
     app.world_mut()
         .get_resource_or_init::<HostedDocs>()
         .host(DocId::Entities, Arc::clone(doc.synced()));
@@ -151,7 +151,10 @@ pub(crate) fn plugin(app: &mut App) {
 /// Replaces the entity document with one restored from a saved state (see
 /// [`EntityDoc::restored`]), synced in its place.
 pub(crate) fn restore(world: &mut World, state: crate::doc::Decoded) {
-    let doc = EntityDoc::restored(state);
+    let client_id = world
+        .resource::<LocalPeer>()
+        .client_id(DocId::Entities as u8);
+    let doc = EntityDoc::restored(client_id, state);
     world
         .resource_mut::<HostedDocs>()
         .host(DocId::Entities, Arc::clone(doc.synced()));

@@ -13,7 +13,7 @@ use super::entity_doc::{EntityDoc, HeldUpdate};
 use super::materialise::{Dirty, materialise};
 use super::{EntityDocConfig, OwnerLeftPolicy};
 use crate::doc::levels::Admission;
-use crate::doc::{Decoded, decode_update};
+use crate::doc::{Decoded, decode_live};
 use crate::entity::{NetId, Owner};
 use crate::net::peer::{
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerReplica, Peers, ReplicaId,
@@ -75,7 +75,7 @@ fn take_incoming(
             catch_up.push((remote.from, remote.bytes));
             continue;
         }
-        match decode_update(&remote.bytes, &limits) {
+        match decode_live(&remote.bytes, &limits, remote.author) {
             Ok(update) => live.push((remote.from, update, remote.bytes)),
             Err(reason) => refused.push((remote.from, reason)),
         }

@@ -3,6 +3,7 @@
 //! boundary with its backends, and the signaling server.
 
 pub mod connection;
+pub mod identity;
 pub mod peer;
 pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
@@ -57,6 +58,7 @@ pub(crate) fn plugin(app: &mut App) {
         .init_resource::<peer::Peers>()
         .init_resource::<session::SessionState>()
         .init_resource::<session::FreshJoin>()
+        .init_resource::<session::ConnectedReplicas>()
         .init_resource::<session::Outbox>()
         .init_resource::<session::Inbox>()
         .add_message::<peer::PeerJoined>()

@@ -15,6 +15,8 @@ use std::fmt;
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 
+use super::identity::{self, LocalKeys, PeerKey};
+
 /// A peer's id in the room, as the signaling server assigned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u128);
@@ -37,9 +39,11 @@ impl From<PeerId> for matchbox_socket::PeerId {
     }
 }
 
-/// A peer's identity for the life of its `App`: unlike [`PeerId`], it survives a
-/// reconnect. Durable entities are owned by a replica, and it is the yrs client id of
-/// the local edits to the entity document.
+/// A peer's identity: unlike [`PeerId`], it survives a reconnect (and, with a save,
+/// a restart). It is derived from the replica's public key
+/// ([`PeerKey::replica`](super::identity::PeerKey::replica)), which its hello
+/// proves, so it cannot be claimed without the key. Durable entities are owned by a
+/// replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplicaId(pub u64);
 
@@ -53,11 +57,6 @@ impl ReplicaId {
     /// The largest replica id: ids are yrs client ids, which stay below 2^53 so that
     /// JavaScript reads them exactly (and peers refuse updates from larger ones).
     pub const MAX: u64 = (1 << 53) - 1;
-
-    /// A fresh random id, below [`ReplicaId::MAX`].
-    pub fn random() -> Self {
-        Self(yrs::block::ClientID::random().get())
-    }
 
     /// Parses the [`Display`](fmt::Display) form; `None` past [`ReplicaId::MAX`].
     pub fn parse(text: &str) -> Option<Self> {
@@ -117,6 +116,12 @@ pub enum RejectReason {
     },
     /// The peer has this peer's own replica id: two apps started from one save.
     SameReplica(ReplicaId),
+    /// The peer's replica is in the room already, on another link: two apps started
+    /// from one save, or an old link not closed yet (it is refused until that one
+    /// closes).
+    ReplicaConnected(ReplicaId),
+    /// The room's secrets differ (see [`RoomSecret`](super::identity::RoomSecret)).
+    RoomSecret(super::identity::SecretMismatch),
     /// The hello itself was malformed.
     Malformed(String),
     /// The peer stayed over its budget (see
@@ -147,6 +152,14 @@ impl fmt::Display for RejectReason {
                 f,
                 "peer has this peer's own replica id `{replica}`: two apps restored from one save? give each player its own save"
             ),
+            Self::ReplicaConnected(replica) => write!(
+                f,
+                "replica `{replica}` is in the room already on another link: two apps restored from one save? give each player its own save"
+            ),
+            Self::RoomSecret(mismatch) => write!(
+                f,
+                "{mismatch}: give every player of the room the same `RoomSecret`"
+            ),
             Self::Malformed(reason) => write!(f, "malformed hello: {reason}"),
             Self::OverBudget(what) => write!(f, "over budget: {what}"),
             Self::RefusedByPeer(reason) => write!(f, "the peer refused this one: {reason}"),
@@ -154,40 +167,74 @@ impl fmt::Display for RejectReason {
     }
 }
 
-/// The local peer.
-#[derive(Resource, Debug, Clone, Copy, PartialEq, Eq)]
+/// The local peer: its keys (see [`identity`] module), the replica id they
+/// prove, and the id the room gave it.
+#[derive(Resource, Clone)]
 pub struct LocalPeer {
     id: Option<PeerId>,
     replica: ReplicaId,
+    keys: LocalKeys,
+}
+
+impl fmt::Debug for LocalPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalPeer")
+            .field("id", &self.id)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for LocalPeer {
+    /// A new replica: a key generated now (a save keeps it for the next run).
     fn default() -> Self {
-        Self {
-            id: None,
-            replica: ReplicaId::random(),
-        }
+        Self::with_key(PeerKey::generate())
     }
 }
 
 impl LocalPeer {
-    /// A local peer with a chosen replica id (tests pin it for reproducible runs; a
-    /// game may persist it to keep ownership across restarts). Insert it before
-    /// adding [`crate::PeerSyncPlugin`].
-    ///
-    /// # Panics
-    /// If `replica` is past [`ReplicaId::MAX`]: every peer would refuse its edits.
-    pub fn with_replica(replica: ReplicaId) -> Self {
-        assert!(
-            replica.is_valid(),
-            "replica id `{replica}` is past 2^53 - 1; replica ids are yrs client ids, which peers refuse past it"
-        );
-        Self { id: None, replica }
+    /// The replica of `key` (a game may keep the key to keep ownership across
+    /// restarts; [`PersistencePlugin`](crate::persistence::PersistencePlugin) does).
+    /// Insert it before adding [`crate::PeerSyncPlugin`]. This run's session key is
+    /// generated.
+    pub fn with_key(key: PeerKey) -> Self {
+        Self::with_keys(key, PeerKey::generate())
     }
 
-    /// The local replica id (stable across reconnects of this app).
+    /// Both keys pinned (tests, for reproducible runs).
+    pub(crate) fn with_keys(key: PeerKey, session: PeerKey) -> Self {
+        Self {
+            id: None,
+            replica: key.replica(),
+            keys: LocalKeys { key, session },
+        }
+    }
+
+    /// Takes back the replica key of a save: this run's session (and so its yrs
+    /// client ids) stays.
+    pub(crate) fn restore_key(&mut self, key: PeerKey) {
+        self.replica = key.replica();
+        self.keys.key = key;
+    }
+
+    /// The local replica id (stable across reconnects of this app): its key's.
     pub fn replica(&self) -> ReplicaId {
         self.replica
+    }
+
+    /// The replica's key.
+    pub fn key(&self) -> &PeerKey {
+        &self.keys.key
+    }
+
+    pub(crate) fn keys(&self) -> &LocalKeys {
+        &self.keys
+    }
+
+    /// The yrs client id this run writes document `doc` with (see
+    /// [`identity`]).
+    pub(crate) fn client_id(&self, doc: u8) -> u64 {
+        identity::client_id(&self.keys.session.public(), doc)
     }
 
     /// The local id, once the room assigned one.
@@ -276,12 +323,11 @@ mod tests {
     /// Replica ids are yrs client ids: past 2^53 - 1 they are refused where they enter.
     #[test]
     fn replica_ids_stay_below_2_pow_53() {
-        assert!(ReplicaId::random().is_valid());
         assert_eq!(
             ReplicaId::parse("1fffffffffffff"),
             Some(ReplicaId(ReplicaId::MAX))
         );
         assert_eq!(ReplicaId::parse("20000000000000"), None);
-        assert!(std::panic::catch_unwind(|| LocalPeer::with_replica(ReplicaId(1 << 53))).is_err());
+        assert!(PeerKey::generate().replica().is_valid());
     }
 }

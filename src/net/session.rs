@@ -18,7 +18,9 @@ use bevy::prelude::*;
 use bytes::Bytes;
 
 pub use budget::PeerBudget;
-pub(crate) use handshake::{FreshJoin, Handshake, repeat_hellos};
+pub(crate) use handshake::{
+    ConnectedReplicas, FreshJoin, Handshake, HelloOutcome, hello_to, repeat_hellos,
+};
 pub(crate) use ping::queue_pings;
 
 use crate::net::peer::{
@@ -37,6 +39,10 @@ pub struct SessionConfig {
     pub budget: PeerBudget,
     /// How often each connected peer is pinged for its round-trip time.
     pub ping_interval: Duration,
+    /// The room's secret: only peers that know it get past the handshake (see
+    /// [`identity`](crate::net::identity)). `None`: anyone who knows the room's URL may
+    /// join (identities are proved all the same).
+    pub room_secret: Option<crate::net::identity::RoomSecret>,
 }
 
 impl Default for SessionConfig {
@@ -45,6 +51,7 @@ impl Default for SessionConfig {
             limits: WireLimits::default(),
             budget: PeerBudget::default(),
             ping_interval: Duration::from_millis(500),
+            room_secret: None,
         }
     }
 }
@@ -357,14 +364,24 @@ impl Handling<'_, '_, '_, '_> {
         };
         let from = packet.peer;
         match &message {
-            Message::Hello(hello)
-                if !self
-                    .hellos
-                    .take(from, hello, link, &mut inbound.handshake, self.io, now) =>
-            {
-                return;
+            Message::Hello(hello) => {
+                let taken = self.hellos.take(
+                    (from, entity),
+                    hello,
+                    link,
+                    &mut inbound.handshake,
+                    self.io,
+                    now,
+                );
+                match taken {
+                    HelloOutcome::Taken => {}
+                    HelloOutcome::Dropped => {
+                        stats.count_drop(DropReason::Malformed);
+                        return;
+                    }
+                    HelloOutcome::Refused => return,
+                }
             }
-            Message::Hello(_) => {}
             Message::Bye(reason) => {
                 debug!("peer `{from}` refused this one: {reason}");
                 let replica = inbound.handshake.theirs;

@@ -31,7 +31,7 @@ use crate::net::stats::DropReason;
 use crate::net::transport::Channel;
 
 /// The protocol version in byte 0 of every datagram.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Bytes of header in front of every body.
 pub const HEADER_SIZE: usize = 2;
@@ -128,8 +128,18 @@ impl Kind {
 pub struct Hello {
     /// `CARGO_PKG_VERSION` of the sender's `bevy_peer_sync`, for log lines.
     pub crate_version: String,
-    /// The sender's replica id (stable across its reconnects).
+    /// The sender's replica id (stable across its reconnects): its key's (see
+    /// [`identity`](crate::net::identity)), or the hello is refused.
     pub replica: u64,
+    /// The sender's replica key (public half).
+    pub key: [u8; 32],
+    /// The sender's session key for this run (public half): its yrs client ids are
+    /// derived from it.
+    pub session: [u8; 32],
+    /// A nonce the sender chose for this link, the same in each of its hellos on it.
+    pub nonce: [u8; 16],
+    /// Once the sender has the recipient's hello: its proof, for both nonces.
+    pub proof: Option<crate::net::identity::Proof>,
     /// Hash of `schema`, order included.
     pub schema_hash: u64,
     /// The sender's registered sync types, in registration order (`"name:route"`).
@@ -384,10 +394,15 @@ fn decode_frame(
                     .iter()
                     .any(|entry| entry.len() > MAX_SCHEMA_ENTRY_LEN)
                 || hello.crate_version.len() > MAX_SCHEMA_ENTRY_LEN
+                || hello.proof.as_ref().is_some_and(|proof| {
+                    proof.replica_signature.len() != 64
+                        || proof.session_signature.len() != 64
+                        || proof.room_mac.as_ref().is_some_and(|mac| mac.len() != 32)
+                })
             {
                 return Err(DecodeError::Body {
                     kind,
-                    reason: "schema over its limits".into(),
+                    reason: "schema or proof over its limits".into(),
                 });
             }
             Message::Hello(hello)
@@ -587,6 +602,14 @@ mod tests {
                 replica: 5,
                 schema_hash: 42,
                 schema: vec!["a:durable".into()],
+                key: [1; 32],
+                session: [2; 32],
+                nonce: [3; 16],
+                proof: Some(crate::net::identity::Proof {
+                    replica_signature: vec![4; 64],
+                    session_signature: vec![5; 64],
+                    room_mac: Some(vec![6; 32]),
+                }),
                 heard: false,
                 waiting: true,
                 fresh: true,

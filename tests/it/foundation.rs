@@ -317,6 +317,10 @@ fn another_protocol_version_is_rejected() {
     let mut future = wire::encode(&Message::Hello(Hello {
         crate_version: "9.0.0".into(),
         replica: 1,
+        key: [0; 32],
+        session: [0; 32],
+        nonce: [0; 16],
+        proof: None,
         schema_hash: 0,
         schema: vec![],
         heard: false,
@@ -354,6 +358,10 @@ fn seeds() -> Vec<(Bytes, Channel)> {
     let hello = Message::Hello(Hello {
         crate_version: "0.1.0".into(),
         replica: 2,
+        key: [0; 32],
+        session: [0; 32],
+        nonce: [0; 16],
+        proof: None,
         schema_hash: 1,
         schema: vec!["a:durable".into(), "b:transient".into()],
         heard: true,
@@ -606,18 +614,10 @@ fn a_flood_of_hellos_is_answered_once() {
     };
     let before = reliable_in(&mut room);
     let b_id = room.peer_id(b).unwrap();
-    let b_replica = room.app(b).world().resource::<LocalPeer>().replica();
-    let registry = room.app(b).world().resource::<SyncRegistry>();
-    let hello = wire::encode(&Message::Hello(Hello {
-        crate_version: "0.1.0".into(),
-        replica: b_replica.0,
-        schema_hash: registry.schema_hash(),
-        schema: registry.schema_strings(),
-        heard: true,
-        waiting: true,
-        fresh: false,
-    }))
-    .unwrap();
+    let a_id = room.peer_id(a).unwrap();
+    let hello = bevy_peer_sync::internals::hello_to(room.app(b).world(), a_id, true, true)
+        .expect("b has a link to a");
+    let hello = wire::encode(&Message::Hello(hello)).unwrap();
     for _ in 0..100 {
         room.app_mut(a)
             .world_mut()

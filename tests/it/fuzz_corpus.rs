@@ -389,6 +389,10 @@ fn generate_seed_corpora() {
     let hello = wire::encode(&Message::Hello(Hello {
         crate_version: "0.1.0".into(),
         replica: 1 << 53,
+        key: [0; 32],
+        session: [0; 32],
+        nonce: [0; 16],
+        proof: None,
         schema_hash: 1,
         schema: vec!["Card:durable".into(), "Score:durable".into()],
         heard: false,

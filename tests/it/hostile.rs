@@ -2,6 +2,10 @@
 //! otherwise than they say, floods of requests. Each is refused or throttled, counted,
 //! and costs the receiver a small multiple of its size. The figures in the comments
 //! are what the same bytes cost before the check in front of yrs (`doc::check`).
+//!
+//! Updates with blocks of many clients go as catch-up (y-sync step 2): a live update
+//! may carry only its sender's own (`trust.rs`), so a live one of another client's
+//! blocks is refused before anything else is checked.
 
 use bevy::prelude::*;
 use bevy_peer_sync::internals::decode_doc_message;
@@ -193,7 +197,7 @@ fn updates_that_never_complete_cost_one_shadow_rebuild_a_frame() {
     assert!(room.step_until(30, |room| {
         room.app(b).world().resource::<NetEntities>().len() == 2_000
     }));
-    let hostile = room.app(c).world().resource::<LocalPeer>().replica().0;
+    let hostile = bevy_peer_sync::internals::writes_as(room.app(c).world(), 1);
     let mut update = vec![1, 1];
     varint(&mut update, hostile);
     update.extend([0, 0b1000_0000 | 4]);
@@ -272,11 +276,19 @@ fn types_nested_across_updates_stop_at_the_limit() {
     let mut room = TestRoom::new(97);
     let a = room.add_peer(with_score);
     let b = room.add_peer(with_score);
+    // (Honest: `a` forges its own client's clocks here, which it then cannot use.)
+    let c = room.add_peer(with_score);
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
     let mut deletes = Vec::new();
     for (n, (d, kind)) in [(0, 2), (0, 1), (1, 2)].into_iter().enumerate() {
-        let mut updates = deep_types_across_updates(70_000 + n as u64, 1_000, 30);
+        // Live, the sender's own client (the only one it may write live); as
+        // catch-up, any.
+        let client = match kind {
+            2 => bevy_peer_sync::internals::writes_as(room.app(a).world(), d),
+            _ => 70_000 + n as u64,
+        };
+        let mut updates = deep_types_across_updates(client, 1_000, 30);
         deletes.push(doc_body(d, kind, &updates.pop().expect("the delete")));
         for update in updates {
             inject(&mut room, a, b, doc_body(d, kind, &update));
@@ -314,7 +326,7 @@ fn types_nested_across_updates_stop_at_the_limit() {
     assert_eq!(depths(&mut room), (1, 1));
     // And the room goes on.
     {
-        let doc = room.app(a).world().resource::<SharedDoc>();
+        let doc = room.app(c).world().resource::<SharedDoc>();
         let text = doc.text("notes");
         text.push(&mut doc.transact_mut(), "still here");
     }
@@ -344,7 +356,7 @@ fn types_nested_across_clients_pending_in_yrs_stop_at_the_limit() {
     for (d, first_client) in [(0, 80_000), (1, 90_000)] {
         let updates = deep_types_across_clients(first_client, 250, 30);
         for update in updates.iter().rev() {
-            inject(&mut room, a, b, doc_body(d, 2, update));
+            inject(&mut room, a, b, doc_body(d, 1, update));
             // (Past 256 stalled updates yrs' pending store is given up anyway.)
         }
         room.step_n(2);
@@ -381,7 +393,7 @@ fn a_type_beside_a_collected_left_origin_counts_at_its_right_one() {
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
     for update in collected_left_origins(1_000) {
-        inject(&mut room, a, b, doc_body(0, 2, &update));
+        inject(&mut room, a, b, doc_body(0, 1, &update));
     }
     room.step_n(3);
     let depth = depth_under_a(
@@ -413,7 +425,7 @@ fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
     updates.pop(); // (not the delete)
     updates.extend(pending_collected_block_retaken(9_101, (9_100, 30)));
     for update in updates {
-        inject(&mut room, a, b, doc_body(0, 2, &update));
+        inject(&mut room, a, b, doc_body(0, 1, &update));
         room.step();
     }
     room.step_n(3);
@@ -454,7 +466,7 @@ fn types_nested_in_a_pending_collected_block_are_watched() {
         under = (client + 2, 30);
     }
     for update in updates {
-        inject(&mut room, a, b, doc_body(0, 2, &update));
+        inject(&mut room, a, b, doc_body(0, 1, &update));
         room.step();
     }
     room.step_n(3);
@@ -493,7 +505,7 @@ fn a_collected_block_over_a_held_type_does_not_hide_it() {
         over = (client, 31);
     }
     for update in updates {
-        inject(&mut room, a, b, doc_body(0, 2, &update));
+        inject(&mut room, a, b, doc_body(0, 1, &update));
         room.step();
     }
     room.step_n(3);
@@ -526,7 +538,7 @@ fn a_drained_pending_collected_block_as_left_origin_counts_at_the_right_one() {
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
     for update in drained_collected_left_origins(4) {
-        inject(&mut room, a, b, doc_body(0, 2, &update));
+        inject(&mut room, a, b, doc_body(0, 1, &update));
         room.step();
     }
     room.step_n(3);
@@ -583,6 +595,10 @@ fn a_hello_with_a_replica_past_2_pow_53_is_refused() {
     let hello = wire::encode(&Message::Hello(Hello {
         crate_version: "0.1.0".into(),
         replica: 1 << 53,
+        key: [0; 32],
+        session: [0; 32],
+        nonce: [0; 16],
+        proof: None,
         schema_hash: registry.schema_hash(),
         schema: registry.schema_strings(),
         heard: false,
@@ -638,7 +654,7 @@ fn updates_building_on_missing_items_are_bounded_and_given_up() {
     for round in 0..20u64 {
         for n in 0..100 {
             let update = update_building_on_nothing(1_000 + round * 100 + n);
-            inject(&mut room, a, b, doc_body(0, 2, &update));
+            inject(&mut room, a, b, doc_body(0, 1, &update));
         }
         room.step();
     }
@@ -678,7 +694,7 @@ fn held_live_updates_are_capped_in_bytes() {
     let b = room.add_peer(with_score);
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
-    let hostile = room.app(a).world().resource::<LocalPeer>().replica().0;
+    let hostile = bevy_peer_sync::internals::writes_as(room.app(a).world(), 1);
     for n in 0..64u64 {
         // Client `hostile` from clock 10 + n: a string under key `k` of root `entities`.
         let mut update = vec![1, 1];

@@ -18,5 +18,6 @@ mod persistence;
 mod presence;
 mod traces;
 mod transient;
+mod trust;
 mod webrtc;
 mod webrtc_loss;

@@ -72,7 +72,16 @@ fn concurrent_trace_replays_with_each_author_as_a_peer() {
     // Each author edits a private view holding exactly the versions its parents name,
     // so the trace's positions apply; the resulting yrs update is then a local edit on
     // that author's peer, which sends it over the transport like any other.
-    let views: Vec<Doc> = (0..2).map(|i| Doc::with_client_id(100 + i)).collect();
+    // (With the peer's own client id: a live update may carry no other's blocks.)
+    let views: Vec<Doc> = peers
+        .iter()
+        .map(|&peer| {
+            Doc::with_client_id(bevy_peer_sync::internals::writes_as(
+                room.app(peer).world(),
+                0,
+            ))
+        })
+        .collect();
     let mut seen: Vec<HashSet<usize>> = vec![HashSet::new(); 2];
     let mut updates: Vec<Vec<u8>> = Vec::with_capacity(trace.txns.len());
     for (index, txn) in trace.txns.iter().enumerate() {

@@ -6,6 +6,9 @@ use std::time::Duration;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 
+use bevy::platform::collections::HashMap;
+
+use crate::net::identity::{self, Nonce, RoomSecret, Side};
 use crate::net::peer::{
     LocalPeer, Peer, PeerId, PeerJoined, PeerLeft, PeerLink, PeerRejected, PeerReplica,
     RejectReason, ReplicaId,
@@ -73,10 +76,18 @@ const HELLO_RETRY_MAX: Duration = Duration::from_secs(2);
 /// over a peer's data before it reports the link. So a side that does not know its
 /// hello arrived repeats it, with backoff, asking for an answer
 /// ([`Hello::waiting`]); the answer says [`Hello::heard`].
-#[derive(Debug, Default)]
+///
+/// Each side's hellos carry its keys and a nonce fresh for the link; once a side has
+/// the other's hello, its hellos also carry its proof for both nonces (see
+/// [`identity`]). A peer's hello is *taken* once its proof checks.
+#[derive(Debug)]
 pub(crate) struct Handshake {
-    /// The peer's replica, once its hello was taken.
+    /// The peer's replica, once its hello was taken (its proof checked).
     pub(super) theirs: Option<ReplicaId>,
+    /// What the peer's first hello said of its keys and nonce.
+    their_side: Option<Side>,
+    /// Our nonce for this link.
+    our_nonce: Nonce,
     /// The peer has shown it has our hello.
     ours_heard: bool,
     last_sent: Duration,
@@ -89,7 +100,30 @@ pub(crate) struct Handshake {
     last_answer: Option<Duration>,
 }
 
+impl Default for Handshake {
+    fn default() -> Self {
+        Self {
+            theirs: None,
+            their_side: None,
+            our_nonce: identity::random_bytes(),
+            ours_heard: false,
+            last_sent: Duration::ZERO,
+            retry: Duration::ZERO,
+            our_fresh: None,
+            their_fresh: false,
+            last_answer: None,
+        }
+    }
+}
+
 impl Handshake {
+    /// The yrs client id the peer writes document `doc` with, once its hello was taken.
+    pub(crate) fn their_client_id(&self, doc: u8) -> Option<u64> {
+        self.theirs?;
+        let side = self.their_side?;
+        Some(identity::client_id(&side.session, doc))
+    }
+
     /// Whether the peer sends us its whole state on joining (we said we were fresh),
     /// so we need not ask with y-sync step 1.
     pub(crate) fn we_are_sent_everything(&self) -> bool {
@@ -155,29 +189,23 @@ struct HelloFlags {
     fresh: bool,
 }
 
-/// Sends our hello to `peer` (see [`Handshake`]).
+/// Who says a hello: this peer, its registered types and the room's secret.
+#[derive(Clone, Copy)]
+struct Speaker<'a> {
+    local: &'a LocalPeer,
+    registry: &'a SyncRegistry,
+    secret: Option<&'a RoomSecret>,
+}
+
+/// Sends our hello to `peer` (see [`Handshake`]): with our proof once we have theirs.
 fn send_hello(
     io: &mut TransportIo,
-    registry: &SyncRegistry,
-    replica: ReplicaId,
+    speaker: Speaker,
+    handshake: &Handshake,
     peer: PeerId,
     flags: HelloFlags,
 ) {
-    let HelloFlags {
-        heard,
-        waiting,
-        fresh,
-    } = flags;
-    let schema = registry.schema_strings();
-    let hello = Message::Hello(Hello {
-        crate_version: env!("CARGO_PKG_VERSION").to_owned(),
-        replica: replica.0,
-        schema_hash: crate::registry::schema_hash(&schema),
-        schema,
-        heard,
-        waiting,
-        fresh,
-    });
+    let hello = Message::Hello(hello(speaker, handshake, flags));
     // A hello is small and fixed; fragment it anyway should a huge schema need it.
     let frame = wire::encode(&hello).expect("a hello always encodes");
     for bytes in wire::fragment(frame, u32::MAX).expect("a hello is far below the fragment limit") {
@@ -189,67 +217,213 @@ fn send_hello(
     }
 }
 
+/// The hello `world`'s app would send now to `peer` saying `heard` and `waiting` (a
+/// test crafts traffic with it).
+pub(crate) fn hello_to(world: &World, peer: PeerId, heard: bool, waiting: bool) -> Option<Hello> {
+    let entity = world.resource::<crate::net::peer::Peers>().entity(peer)?;
+    let inbound = world.get::<super::Inbound>(entity)?;
+    let speaker = Speaker {
+        local: world.resource::<LocalPeer>(),
+        registry: world.resource::<SyncRegistry>(),
+        secret: world
+            .resource::<super::SessionConfig>()
+            .room_secret
+            .as_ref(),
+    };
+    let flags = HelloFlags {
+        heard,
+        waiting,
+        fresh: inbound.handshake.our_fresh.unwrap_or(false),
+    };
+    Some(hello(speaker, &inbound.handshake, flags))
+}
+
+/// Our hello on the link of `handshake`.
+fn hello(speaker: Speaker, handshake: &Handshake, flags: HelloFlags) -> Hello {
+    let HelloFlags {
+        heard,
+        waiting,
+        fresh,
+    } = flags;
+    let Speaker {
+        local,
+        registry,
+        secret,
+    } = speaker;
+    let keys = local.keys();
+    let ours = Side {
+        key: keys.key.public(),
+        session: keys.session.public(),
+        nonce: handshake.our_nonce,
+    };
+    let schema = registry.schema_strings();
+    Hello {
+        crate_version: env!("CARGO_PKG_VERSION").to_owned(),
+        replica: local.replica().0,
+        key: ours.key,
+        session: ours.session,
+        nonce: ours.nonce,
+        proof: handshake
+            .their_side
+            .map(|theirs| keys.prove(&ours, &theirs, secret)),
+        schema_hash: crate::registry::schema_hash(&schema),
+        schema,
+        heard,
+        waiting,
+        fresh,
+    }
+}
+
+/// Which link each replica whose hello was taken is on: a second link of one
+/// replica is refused while the first lives.
+#[derive(Resource, Debug, Default)]
+pub(crate) struct ConnectedReplicas(HashMap<ReplicaId, Entity>);
+
+/// What became of a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HelloOutcome {
+    /// Taken (or noted): the peer is still in.
+    Taken,
+    /// Dropped, to be counted as malformed: the peer is still in.
+    Dropped,
+    /// The peer was refused.
+    Refused,
+}
+
 /// What hellos are answered and judged with.
 #[derive(SystemParam)]
 pub(crate) struct Hellos<'w, 's> {
     commands: Commands<'w, 's>,
     local: Res<'w, LocalPeer>,
     registry: Res<'w, SyncRegistry>,
+    config: Res<'w, super::SessionConfig>,
     fresh: ResMut<'w, FreshJoin>,
+    replicas: ResMut<'w, ConnectedReplicas>,
+    links: Query<'w, 's, (), With<Peer>>,
     joined: MessageWriter<'w, PeerJoined>,
     rejected: MessageWriter<'w, PeerRejected>,
     left: MessageWriter<'w, PeerLeft>,
 }
 
 impl Hellos<'_, '_> {
-    /// Takes a hello from `from`: checks the first one (refusing the peer if it does
-    /// not match), notes what it says, and answers it if it asks. Returns whether the
-    /// peer is still in (not refused).
+    fn speaker(&self) -> Speaker<'_> {
+        Speaker {
+            local: &self.local,
+            registry: &self.registry,
+            secret: self.config.room_secret.as_ref(),
+        }
+    }
+
+    /// Takes a hello from `from` on the link of `entity`: checks the first one
+    /// (refusing the peer if it does not match), and the first proof in one; notes
+    /// what it says, and answers it if it asks.
     pub(crate) fn take(
         &mut self,
-        from: PeerId,
+        (from, entity): (PeerId, Entity),
         hello: &Hello,
         link: &mut PeerLink,
         handshake: &mut Handshake,
         io: &mut TransportIo,
         now: Duration,
-    ) -> bool {
-        let me = self.local.replica();
-        if handshake.theirs.is_none() {
-            let same_replica = if !ReplicaId(hello.replica).is_valid() {
-                Some(RejectReason::Malformed("replica id past 2^53 - 1".into()))
-            } else {
-                (hello.replica == me.0).then_some(RejectReason::SameReplica(me))
+    ) -> HelloOutcome {
+        let side = Side {
+            key: hello.key,
+            session: hello.session,
+            nonce: hello.nonce,
+        };
+        let refusal = match handshake.their_side {
+            None => {
+                let refusal = self.check_first(hello);
+                // Known from now on, refused or not: our hello says why with a proof.
+                handshake.their_side = Some(side);
+                handshake.their_fresh = hello.fresh;
+                refusal.err()
+            }
+            Some(known) if known != side => {
+                // Not the peer's first word on this link: dropped, the first stands.
+                debug!("dropped a hello from peer `{from}`: its keys or nonce changed on one link");
+                return HelloOutcome::Dropped;
+            }
+            Some(_) => None,
+        };
+        let refusal = refusal.or_else(|| {
+            let proof = hello
+                .proof
+                .as_ref()
+                .filter(|_| handshake.theirs.is_none())?;
+            let ours = Side {
+                key: self.local.key().public(),
+                session: self.local.keys().session.public(),
+                nonce: handshake.our_nonce,
             };
             if let Err(reason) =
-                same_replica.map_or_else(|| check_hello(&self.registry, hello), Err)
+                identity::check(proof, &side, &ours, self.config.room_secret.as_ref())
             {
-                reject(from, link, reason, &mut self.rejected);
-                if hello.waiting {
-                    // Ours, once, so that they can tell why too.
-                    send_hello(io, &self.registry, me, from, HelloFlags::default());
-                }
-                return false;
+                return Some(reason);
+            }
+            let replica = ReplicaId(hello.replica);
+            if let Some(&other) = self.replicas.0.get(&replica)
+                && other != entity
+                && self.links.contains(other)
+            {
+                return Some(RejectReason::ReplicaConnected(replica));
             }
             debug!(
-                "hello from peer `{from}` (bevy_peer_sync `{}`)",
+                "hello from peer `{from}` proved replica `{replica}` (bevy_peer_sync `{}`)",
                 hello.crate_version
             );
-            handshake.theirs = Some(ReplicaId(hello.replica));
-            handshake.their_fresh = hello.fresh;
+            self.replicas.0.insert(replica, entity);
+            handshake.theirs = Some(replica);
+            // The proof is over our nonce: they have our hello.
+            handshake.ours_heard = true;
+            None
+        });
+        if let Some(reason) = refusal {
+            if hello.waiting || hello.proof.is_some() {
+                // Ours, once, so that they can tell why too (schemas, secrets); and why,
+                // where they could not tell it from ours (a replica already in).
+                send_hello(io, self.speaker(), handshake, from, HelloFlags::default());
+                if let Ok(frame) = wire::encode(&Message::Bye(reason.to_string())) {
+                    io.send(Packet {
+                        peer: from,
+                        channel: Channel::Reliable,
+                        bytes: frame,
+                    });
+                }
+            }
+            reject(from, link, reason, &mut self.rejected);
+            return HelloOutcome::Refused;
         }
         handshake.ours_heard |= hello.heard;
         if hello.waiting && handshake.may_answer(now) {
             let flags = HelloFlags {
-                heard: true,
+                heard: handshake.theirs.is_some(),
                 waiting: !handshake.ours_heard,
                 fresh: handshake.fresh(&mut self.fresh, from),
             };
-            send_hello(io, &self.registry, me, from, flags);
+            send_hello(io, self.speaker(), handshake, from, flags);
             handshake.sent(now);
             handshake.last_answer = Some(now);
         }
-        true
+        HelloOutcome::Taken
+    }
+
+    /// The checks of a link's first hello: a replica that is its key's and not ours,
+    /// and our registered types.
+    fn check_first(&self, hello: &Hello) -> Result<(), RejectReason> {
+        let me = self.local.replica();
+        if !ReplicaId(hello.replica).is_valid() {
+            return Err(RejectReason::Malformed("replica id past 2^53 - 1".into()));
+        }
+        if identity::replica_of(&hello.key) != ReplicaId(hello.replica) {
+            return Err(RejectReason::Malformed(
+                "its replica id is not its key's".into(),
+            ));
+        }
+        if hello.replica == me.0 {
+            return Err(RejectReason::SameReplica(me));
+        }
+        check_hello(&self.registry, hello)
     }
 
     /// A datagram that did not decode: a first one of another protocol version
@@ -284,6 +458,11 @@ impl Hellos<'_, '_> {
         reason: RejectReason,
     ) {
         let was_connected = *link == PeerLink::Connected;
+        if let Some(replica) = replica
+            && self.replicas.0.get(&replica) == Some(&entity)
+        {
+            self.replicas.0.remove(&replica);
+        }
         reject(from, link, reason, &mut self.rejected);
         if was_connected {
             self.commands.entity(entity).remove::<PeerReplica>();
@@ -360,6 +539,7 @@ pub(crate) fn repeat_hellos(
     mut io: ResMut<TransportIo>,
     registry: Res<SyncRegistry>,
     local: Res<LocalPeer>,
+    config: Res<super::SessionConfig>,
     mut fresh_docs: ResMut<FreshJoin>,
     mut peers: Query<(&Peer, &PeerLink, &mut super::Inbound)>,
 ) {
@@ -375,7 +555,12 @@ pub(crate) fn repeat_hellos(
             waiting: true,
             fresh: handshake.fresh(&mut fresh_docs, peer.id),
         };
-        send_hello(&mut io, &registry, local.replica(), peer.id, flags);
+        let speaker = Speaker {
+            local: &local,
+            registry: &registry,
+            secret: config.room_secret.as_ref(),
+        };
+        send_hello(&mut io, speaker, handshake, peer.id, flags);
         handshake.sent(now);
     }
 }

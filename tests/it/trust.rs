@@ -1,0 +1,278 @@
+//! Verified rooms (#15): strangers kept out by the room's secret, identities proved
+//! by keys. Before, a hello's replica id was taken on its word: a peer claiming
+//! another's replica was refused only by that peer, everyone else took it for the
+//! real one; and anyone who knew the room's URL could join.
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_peer_sync::internals::hello_to;
+use bevy_peer_sync::internals::wire::{self, Message};
+use bevy_peer_sync::net::identity::SecretMismatch;
+use bevy_peer_sync::net::transport::Packet;
+use bevy_peer_sync::net::transport::memory::LinkConditioner;
+use bevy_peer_sync::prelude::*;
+use bevy_peer_sync::testing::{PeerOptions, TestRoom};
+use bevy_peer_sync::yrs::{Text, Transact};
+
+use crate::support::drops;
+
+/// Steps `frames` frames; what each peer refused meanwhile.
+fn steps(room: &mut TestRoom, frames: usize) -> Vec<Vec<RejectReason>> {
+    let mut out = vec![Vec::new(); room.len()];
+    for _ in 0..frames {
+        room.step();
+        for (peer, reasons) in out.iter_mut().enumerate() {
+            let mut messages = room
+                .app_mut(peer)
+                .world_mut()
+                .resource_mut::<Messages<PeerRejected>>();
+            reasons.extend(messages.drain().map(|r| r.reason));
+        }
+    }
+    out
+}
+
+fn replicas_connected(room: &mut TestRoom, peer: usize) -> Vec<ReplicaId> {
+    let world = room.app_mut(peer).world_mut();
+    let mut query = world.query::<&bevy_peer_sync::net::peer::PeerReplica>();
+    query.iter(world).map(|r| r.0).collect()
+}
+
+/// Peers with the room's secret meet; one with another secret, or none, is refused
+/// by each, and each side says why.
+#[test]
+fn a_room_secret_keeps_strangers_out() {
+    let mut room = TestRoom::new(120);
+    let secret = |s: &str| PeerOptions {
+        room_secret: Some(RoomSecret::new(s)),
+        ..PeerOptions::default()
+    };
+    let a = room.add_peer_with(secret("k7Qm-2xPa-9dLr"), |_| {});
+    let b = room.add_peer_with(secret("k7Qm-2xPa-9dLr"), |_| {});
+    let stranger = room.add_peer_with(secret("guess"), |_| {});
+    let open = room.add_peer(|_| {});
+    let mut rejected = steps(&mut room, 20);
+    assert_eq!(room.connected_count(a), 1);
+    assert_eq!(room.connected_count(b), 1);
+    assert_eq!(room.connected_count(stranger), 0);
+    // The open one and the stranger have no secret in common either.
+    assert_eq!(room.connected_count(open), 0);
+    let differs = RejectReason::RoomSecret(SecretMismatch::Differs);
+    for peer in [a, b] {
+        let reasons = &rejected[peer];
+        assert!(reasons.contains(&differs), "{reasons:?}");
+        assert!(
+            reasons.contains(&RejectReason::RoomSecret(SecretMismatch::TheyHaveNone)),
+            "{reasons:?}"
+        );
+    }
+    let reasons = &rejected[stranger];
+    assert_eq!(reasons.iter().filter(|r| **r == differs).count(), 2);
+    let reasons = std::mem::take(&mut rejected[open]);
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == RejectReason::RoomSecret(SecretMismatch::WeHaveNone))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+    // Nothing of theirs got in: their documents stay apart.
+    {
+        let doc = room.app(stranger).world().resource::<SharedDoc>();
+        doc.text("note")
+            .insert(&mut doc.transact_mut(), 0, "graffiti");
+    }
+    room.step_n(5);
+    assert_eq!(
+        room.app(a)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("note"),
+        ""
+    );
+}
+
+/// A room of `a`, the victim `v` and the impostor `m`, whose own datagrams to `a`
+/// never arrive (what reaches `a` from it is injected), once `m` has `a`'s hello.
+fn impostor_room(seed: u64) -> (TestRoom, usize, usize, usize) {
+    let mut room = TestRoom::new(seed);
+    let a = room.add_peer(|_| {});
+    let v = room.add_peer(|_| {});
+    let m = room.add_peer(|_| {});
+    let (a_id, m_id) = (room.peer_id(a).unwrap(), room.peer_id(m).unwrap());
+    let never = LinkConditioner {
+        latency: Duration::from_secs(3_600),
+        ..LinkConditioner::PERFECT
+    };
+    room.network.set_conditioner(m_id, a_id, never);
+    room.step_n(5);
+    assert_eq!(room.connected_count(a), 1, "a and v meet");
+    (room, a, v, m)
+}
+
+fn inject_hello(room: &mut TestRoom, from: usize, to: usize, hello: wire::Hello) {
+    let from = room.peer_id(from).unwrap();
+    let bytes = wire::encode(&Message::Hello(hello)).unwrap();
+    room.app_mut(to)
+        .world_mut()
+        .resource_mut::<TransportIo>()
+        .insert_received(Packet {
+            peer: from,
+            channel: Channel::Reliable,
+            bytes,
+        });
+}
+
+/// A peer claiming another's replica is refused by everyone, not only by the victim:
+/// with its own key (the replica is not that key's), with the victim's key (its
+/// signatures do not check), or replaying the victim's own proof from another link
+/// (made for that link's nonces).
+#[test]
+fn an_impostor_is_refused_however_it_claims() {
+    for claim in 0..3 {
+        let (mut room, a, v, m) = impostor_room(121 + claim);
+        let a_id = room.peer_id(a).unwrap();
+        let victim = room.app(v).world().resource::<LocalPeer>().replica();
+        let victim_key = room.app(v).world().resource::<LocalPeer>().key().public();
+        let mut hello = hello_to(room.app(m).world(), a_id, false, true).unwrap();
+        assert!(hello.proof.is_some(), "m has a's hello");
+        match claim {
+            // Its own key, the victim's replica id.
+            0 => hello.replica = victim.0,
+            // The victim's key and replica id, its own signatures.
+            1 => {
+                hello.replica = victim.0;
+                hello.key = victim_key;
+            }
+            // The victim's hello to `a`, proof and all, replayed.
+            _ => hello = hello_to(room.app(v).world(), a_id, false, true).unwrap(),
+        }
+        inject_hello(&mut room, m, a, hello);
+        let reasons = steps(&mut room, 3).swap_remove(a);
+        assert!(
+            matches!(reasons.as_slice(), [RejectReason::Malformed(_)]),
+            "claim {claim}: {reasons:?}"
+        );
+        assert_eq!(
+            replicas_connected(&mut room, a),
+            vec![victim],
+            "claim {claim}"
+        );
+        assert_eq!(room.connected_count(a), 1);
+    }
+}
+
+/// Two apps with one key (one save started twice): the room keeps the first link of
+/// that replica and refuses the second, and the two refuse each other.
+#[test]
+fn a_second_link_of_one_replica_is_refused() {
+    let mut room = TestRoom::new(124);
+    let a = room.add_peer(|_| {});
+    let v = room.add_peer(|_| {});
+    room.step_n(5);
+    assert_eq!(room.connected_count(a), 1);
+    let key = room.app(v).world().resource::<LocalPeer>().key().clone();
+    let replica = key.replica();
+    let twin = room.add_peer_with(
+        PeerOptions {
+            key: Some(key),
+            ..PeerOptions::default()
+        },
+        |_| {},
+    );
+    let rejected = steps(&mut room, 10);
+    assert_eq!(rejected[a], vec![RejectReason::ReplicaConnected(replica)]);
+    assert_eq!(replicas_connected(&mut room, a), vec![replica]);
+    // The twin refuses `v` (its own replica) and hears why `a` refused it.
+    assert!(
+        rejected[twin].contains(&RejectReason::SameReplica(replica)),
+        "{:?}",
+        rejected[twin]
+    );
+    assert!(
+        rejected[twin]
+            .iter()
+            .any(|r| matches!(r, RejectReason::RefusedByPeer(why) if why.contains("another link"))),
+        "{:?}",
+        rejected[twin]
+    );
+    assert_eq!(room.connected_count(twin), 0);
+}
+
+/// A hello that changes its keys or nonce on a link is dropped and counted; the
+/// first stands.
+#[test]
+fn a_hello_changing_its_keys_on_a_link_is_dropped() {
+    let mut room = TestRoom::new(125);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    room.step_n(5);
+    let a_id = room.peer_id(a).unwrap();
+    let mut hello = hello_to(room.app(b).world(), a_id, true, false).unwrap();
+    hello.nonce[0] ^= 1;
+    let before = drops(&mut room, a, DropReason::Malformed);
+    inject_hello(&mut room, b, a, hello);
+    room.step();
+    assert_eq!(drops(&mut room, a, DropReason::Malformed), before + 1);
+    assert_eq!(room.connected_count(a), 1);
+}
+
+/// A live update may carry only its sender's own blocks. Before, a 15-byte update
+/// with one collected block over another client's next clocks passed every check and
+/// made receivers ignore that client's next edits (and after a rejoin the loss spread
+/// room-wide); now it is refused and counted, and the author's edits go on arriving.
+#[test]
+fn a_live_update_with_another_authors_blocks_is_refused() {
+    use bevy_peer_sync::internals::writes_as;
+    use bevy_peer_sync::testing::hostile::{doc_body, varint};
+
+    let mut room = TestRoom::new(126);
+    let a = room.add_peer(|_| {});
+    let v = room.add_peer(|_| {});
+    let m = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    let note = |room: &TestRoom, peer: usize| {
+        room.app(peer)
+            .world()
+            .resource::<SharedDoc>()
+            .text_string("note")
+    };
+    let write = |room: &mut TestRoom, text: &str| {
+        let doc = room.app(v).world().resource::<SharedDoc>();
+        let note = doc.text("note");
+        let len = note.len(&doc.doc().transact());
+        note.insert(&mut doc.transact_mut(), len, text);
+    };
+    write(&mut room, "first ");
+    room.step_n(3);
+    assert_eq!(note(&room, a), "first ");
+    // m: a collected block of v's client over its next 1,000 clocks.
+    let victim = writes_as(room.app(v).world(), 0);
+    let mut update = vec![1, 1];
+    varint(&mut update, victim);
+    varint(&mut update, "first ".len() as u64);
+    update.push(0);
+    varint(&mut update, 1_000);
+    update.push(0);
+    assert!(update.len() <= 15, "{}", update.len());
+    let m_id = room.peer_id(m).unwrap();
+    let body = doc_body(0, 2, &update);
+    let frames = wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap();
+    for bytes in frames {
+        room.app_mut(a)
+            .world_mut()
+            .resource_mut::<TransportIo>()
+            .insert_received(Packet {
+                peer: m_id,
+                channel: Channel::Reliable,
+                bytes,
+            });
+    }
+    room.step();
+    assert_eq!(drops(&mut room, a, DropReason::NotOwner), 1);
+    write(&mut room, "second");
+    room.step_n(3);
+    assert_eq!(note(&room, a), "first second");
+}
