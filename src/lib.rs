@@ -227,6 +227,12 @@ pub mod internals {
         doc.synced().level_runs()
     }
 
+    /// Collected blocks yrs kept pending that the room document's level index looked
+    /// at so far, to tell whether yrs has placed them.
+    pub fn collected_visits(doc: &SharedDoc) -> u64 {
+        doc.synced().collected_visits()
+    }
+
     /// Drops this frame's local edits of the room document before they leave, as if
     /// lost on the way. Returns whether there were any.
     pub fn drop_local_update(doc: &SharedDoc) -> bool {

@@ -24,7 +24,7 @@
 
 use bevy::platform::collections::HashSet;
 
-use super::levels::{Level, MAX_TYPE_DEPTH, Shape};
+use super::levels::{Level, Lookup, MAX_TYPE_DEPTH, Shape};
 use super::nesting::MAX_ANY_DEPTH;
 
 /// Estimated heap bytes yrs may allocate per byte of input, at most (see
@@ -352,7 +352,8 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
     let level = if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         let level = match r.u32()? {
             1 => {
-                r.string()?; // a root type's name
+                let name = r.string()?;
+                walk.shape.push_root(name);
                 Level::Known(1)
             }
             0 => Level::after((r.client()?, r.clock()? as u32), 1),
@@ -367,6 +368,15 @@ fn block(r: &mut Reader, walk: &mut Walk, client: u64, clock: u64) -> Checked<u6
         // `Shape::beside`).
         let id = |(client, clock): (u64, u64)| Level::after((client, clock as u32), 0);
         match (left, right) {
+            // A left origin collected in this very update: yrs places the item beside
+            // the right one, wherever that sits, and no honest encoder writes one
+            // there (an item beside a collected block is collected with it): not to
+            // be nested in, and refused if it is a type.
+            (Some(left), Some(_))
+                if walk.shape.find((left.0, left.1 as u32)) == Some(Level::Collected) =>
+            {
+                Level::Disputed
+            }
             (Some(left), Some(right)) => {
                 let left = walk.shape.settle(id(left));
                 let right = walk.shape.settle(id(right));

@@ -57,6 +57,9 @@ pub(crate) struct SyncedDoc {
     last_asked: Mutex<Option<Duration>>,
     /// Remote updates routed here this frame, for the host to take.
     incoming: Mutex<Vec<Remote>>,
+    /// The one root type peers may write in, for a document whose layout the crate
+    /// defines (the entity document's `entities`); `None`: any.
+    only_root: Option<&'static str>,
     /// [`DocLimits::max_update_size`]: the largest update accepted from a peer.
     max_update_size: AtomicUsize,
     /// [`DocLimits::max_waiting_bytes`].
@@ -124,6 +127,7 @@ impl SyncedDoc {
             gap_seen: AtomicBool::new(false),
             last_asked: Mutex::new(None),
             incoming: Mutex::new(Vec::new()),
+            only_root: None,
             max_update_size: AtomicUsize::new(DocLimits::default().max_update_size),
             max_waiting_bytes: AtomicUsize::new(DocLimits::default().max_waiting_bytes),
             piece_size: AtomicUsize::new(pieces::PIECE_SIZE),
@@ -131,6 +135,24 @@ impl SyncedDoc {
     }
 
     /// Limits on what peers send for this document.
+    /// This document with peers' writes kept to root type `root` (see
+    /// [`SyncedDoc::admits_roots`]).
+    pub(crate) fn with_only_root(mut self, root: &'static str) -> Self {
+        self.only_root = Some(root);
+        self
+    }
+
+    /// `decoded`, unless it writes in a root type peers may not write in here: an
+    /// update of the entity document with items in another root than `entities` (kept,
+    /// saved and sent to every late joiner, though nothing reads it) is refused as
+    /// [`DropReason::Unknown`].
+    pub(crate) fn admits_roots(&self, decoded: Decoded) -> Result<Decoded, DropReason> {
+        match self.only_root {
+            Some(root) if !decoded.shape.roots_only(root) => Err(DropReason::Unknown),
+            _ => Ok(decoded),
+        }
+    }
+
     pub(crate) fn limits(&self) -> DocLimits {
         DocLimits {
             max_update_size: self.max_update_size.load(Ordering::Relaxed),
@@ -253,6 +275,14 @@ impl SyncedDoc {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .runs()
+    }
+
+    /// Collected blocks yrs kept pending looked at so far (see [`super::levels`]).
+    pub(crate) fn collected_visits(&self) -> u64 {
+        self.levels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .collected_visits()
     }
 
     /// [`SyncedDoc::apply_remote`] for updates that come in turn (decoded meanwhile),
@@ -470,7 +500,9 @@ impl SyncedDoc {
             |(from, bytes)| {
                 (
                     from,
-                    decode_update(&bytes, &limits).map(|u| (u, bytes.len())),
+                    decode_update(&bytes, &limits)
+                        .and_then(|u| self.admits_roots(u))
+                        .map(|u| (u, bytes.len())),
                 )
             },
             |incoming| {

@@ -232,6 +232,16 @@ impl Watch {
                 let item = settle(item, first, second, budget);
                 match (item, settle(right, first, second, budget)) {
                     (Settled::Disputed, _) | (_, Settled::Disputed) => Check::TooDeep,
+                    // Counted through a left origin that is a collected block not placed
+                    // yet: if yrs integrates it as one, it places the item beside the
+                    // right origin, deeper than counted, in the same apply that drains
+                    // it (whichever update brings what it waits for), too late to
+                    // check. Honest items beside a collected block are collected too.
+                    (Settled::Relative { missing, .. }, _)
+                        if lookup(missing, first, second) == Some(Level::Collected) =>
+                    {
+                        Check::TooDeep
+                    }
                     (Settled::Known(item), Settled::Known(right)) if right > item => Check::TooDeep,
                     (Settled::Known(_), Settled::Known(_)) => Check::Fits,
                     (Settled::Relative { missing, .. }, _)
@@ -322,7 +332,14 @@ pub(crate) struct Shape {
     pairs: Vec<Watch>,
     /// Lookups left for reading it.
     budget: u32,
+    /// The root types its items name as parents, each once (see [`Shape::roots_only`]),
+    /// and whether there were more than [`MAX_ROOTS_KEPT`].
+    roots: Vec<Box<str>>,
+    many_roots: bool,
 }
+
+/// Root type names a [`Shape`] keeps (an honest update names a few).
+const MAX_ROOTS_KEPT: usize = 16;
 
 impl Lookup for Shape {
     fn find(&self, (client, clock): Id) -> Option<Level> {
@@ -426,6 +443,23 @@ impl Shape {
         }
     }
 
+    /// Notes an item whose parent is root type `name`.
+    pub(crate) fn push_root(&mut self, name: &str) {
+        if self.many_roots || self.roots.iter().any(|root| &**root == name) {
+            return;
+        }
+        if self.roots.len() == MAX_ROOTS_KEPT {
+            self.many_roots = true;
+            return;
+        }
+        self.roots.push(name.into());
+    }
+
+    /// Whether every item of the update whose parent is a root type is in `root`.
+    pub(crate) fn roots_only(&self, root: &str) -> bool {
+        !self.many_roots && self.roots.iter().all(|name| &**name == root)
+    }
+
     /// The clients whose blocks the update carries.
     pub(crate) fn clients(&self) -> impl Iterator<Item = u64> + '_ {
         self.clients.iter().map(|(client, _)| *client)
@@ -527,6 +561,9 @@ pub(crate) struct Levels {
     stalled_count: usize,
     /// Collected blocks recorded while yrs kept them pending: client and first clock.
     collecting: Vec<(u64, u32)>,
+    /// Collected blocks looked at to tell whether yrs has placed them (a count, for
+    /// the tests of what that costs).
+    collected_visits: u64,
 }
 
 impl Levels {
@@ -715,6 +752,7 @@ impl Levels {
     /// (before `integrated(client)`), whichever update brought what they waited for.
     pub(crate) fn place_collected(&mut self, integrated: impl Fn(u64) -> u32) {
         let collecting = std::mem::take(&mut self.collecting);
+        self.collected_visits += collecting.len() as u64;
         for (client, start) in collecting {
             let placed = integrated(client);
             let Some(Level::Collected) = self.runs.find((client, start)) else {
@@ -733,6 +771,11 @@ impl Levels {
                 self.collecting.push((client, placed.max(start)));
             }
         }
+    }
+
+    /// Collected blocks looked at so far to tell whether yrs placed them.
+    pub(crate) fn collected_visits(&self) -> u64 {
+        self.collected_visits
     }
 
     /// Shared types yrs keeps pending whose depth cannot be told yet.

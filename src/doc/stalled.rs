@@ -94,8 +94,8 @@ impl Pass<'_> {
         }
         let known = txn.state_vector();
         if !leaves_hole(&update, &known) {
-            self.integrate(txn, update, size);
-            self.record_taken(txn, &shape);
+            let drained = self.integrate(txn, update, size);
+            self.record_taken(txn, &shape, drained);
             return true;
         }
         // A catch-up piece after one that waits in yrs for a later piece continues the
@@ -113,8 +113,9 @@ impl Pass<'_> {
                 && let Some(pending) = txn.prune_pending()
             {
                 let merged = Update::merge_updates([pending, update]);
+                // (What was pending is taken out and in again: drained or not.)
                 self.integrate(txn, merged, size);
-                self.record_taken(txn, &shape);
+                self.record_taken(txn, &shape, true);
                 return true;
             }
         }
@@ -128,7 +129,13 @@ impl Pass<'_> {
     }
 
     /// Applies an update that leaves no hole, and bounds what yrs keeps pending after.
-    fn integrate(&mut self, txn: &mut TransactionMut, update: Update, size: usize) {
+    /// Returns whether some of what yrs kept pending went in with it (or was given up).
+    fn integrate(&mut self, txn: &mut TransactionMut, update: Update, size: usize) -> bool {
+        // What yrs kept pending waited for these: changed, something of it went in.
+        let missing_before = txn
+            .store()
+            .pending_update()
+            .map(|pending| pending.missing.clone());
         // One that yrs refuses part-way (a parent that is not a type, say) keeps what
         // it integrated; the frame's other updates still go in.
         // Where its clients end, to tell afterwards whether it stalled beside what
@@ -144,10 +151,15 @@ impl Pass<'_> {
         if let Err(error) = txn.apply_update(update) {
             debug!("yrs refused part of a remote update: {error}");
         }
+        let drained = missing_before.is_some_and(|before| {
+            txn.store()
+                .pending_update()
+                .is_none_or(|pending| pending.missing != before)
+        });
         if !txn.has_missing_updates() {
             *self.watch = None;
             self.levels.clear_stalled();
-            return;
+            return drained;
         }
         // Whether this one stalled (some of its blocks did not go in), or went in
         // beside what stays pending.
@@ -157,7 +169,7 @@ impl Pass<'_> {
         });
         let watch = self.watch.get_or_insert_with(PendingWatch::default);
         if !stalled {
-            return;
+            return drained;
         }
         watch.merges += 1;
         watch.bytes += size;
@@ -172,12 +184,15 @@ impl Pass<'_> {
                 self.levels.stalled_types()
             );
             self.give_up_pending(txn);
+            return true;
         }
+        drained
     }
 
     /// Records the levels of what yrs took of an update of `shape` (integrated, or
-    /// kept pending): nothing of what it refused.
-    fn record_taken(&mut self, txn: &mut TransactionMut, shape: &Shape) {
+    /// kept pending): nothing of what it refused; and, when some of what yrs kept
+    /// pending went in (`drained`), the collected blocks of it at 0.
+    fn record_taken(&mut self, txn: &mut TransactionMut, shape: &Shape, drained: bool) {
         let known = txn.state_vector();
         let at = |client: u64| known.get(&ClientID::new(client));
         let mut ends: HashMap<u64, u32> = shape.ends().map(|(c, _)| (c, at(c))).collect();
@@ -198,7 +213,11 @@ impl Pass<'_> {
         let on_track = self
             .levels
             .record(shape, at, |client| ends.get(&client).copied().unwrap_or(0));
-        self.levels.place_collected(at);
+        if drained {
+            // (Only then: the walk is as long as what is pending, which yrs walks
+            // again itself when some of it goes in.)
+            self.levels.place_collected(at);
+        }
         if !on_track && txn.has_missing_updates() {
             debug!("gave up what yrs kept pending: its shared types took too long to follow");
             self.give_up_pending(txn);

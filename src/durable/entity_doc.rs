@@ -81,7 +81,7 @@ impl EntityDoc {
         });
         let main_touched = observe_touches(&doc);
         Self {
-            synced: Arc::new(SyncedDoc::new(doc)),
+            synced: Arc::new(SyncedDoc::new(doc).with_only_root(ENTITIES)),
             shadow: Shadow::new(),
             everything_dirty: false,
             main_touched,

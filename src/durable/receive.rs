@@ -75,7 +75,9 @@ fn take_incoming(
             catch_up.push((remote.from, remote.bytes));
             continue;
         }
-        match decode_live(&remote.bytes, &limits, remote.author) {
+        let decoded = decode_live(&remote.bytes, &limits, remote.author)
+            .and_then(|decoded| doc.synced().admits_roots(decoded));
+        match decoded {
             Ok(update) => live.push((remote.from, update, remote.bytes)),
             Err(reason) => refused.push((remote.from, reason)),
         }

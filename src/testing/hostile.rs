@@ -95,8 +95,21 @@ pub fn deep_types(levels: u64) -> Vec<u8> {
 /// outermost. Each nests no deeper than one update may, but together they nest
 /// `updates * per_update` deep, and yrs deletes nested types by recursion: some
 /// thousands deep overflow the stack (a tab's in the browser, whoever deletes).
+/// The first is under root array `a` (see [`deep_types_across_updates_in`]).
 pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
-    let mut out = nested_chain(updates, per_update, |_| client, |u| u * per_update);
+    deep_types_across_updates_in(0, client, updates, per_update)
+}
+
+/// [`deep_types_across_updates`] in document `doc`: the first type under root array
+/// `a` of the room's document (`0`), or under key `e` of the entity document's root
+/// map `entities` (`1`, the only root peers may write there).
+pub fn deep_types_across_updates_in(
+    doc: u8,
+    client: u64,
+    updates: u64,
+    per_update: u64,
+) -> Vec<Vec<u8>> {
+    let mut out = nested_chain(doc, updates, per_update, |_| client, |u| u * per_update);
     let mut delete = vec![0, 1];
     varint(&mut delete, client);
     delete.extend([1, 0, 1]);
@@ -105,8 +118,10 @@ pub fn deep_types_across_updates(client: u64, updates: u64, per_update: u64) -> 
 }
 
 /// `updates` updates of `per_update` array types each, every type in the one before
-/// (the first under root `a`); update `u` from `client(u)`, starting at `clock(u)`.
+/// (the first under a root of `doc`: see [`deep_types_across_updates_in`]); update `u`
+/// from `client(u)`, starting at `clock(u)`.
 fn nested_chain(
+    doc: u8,
     updates: u64,
     per_update: u64,
     client: impl Fn(u64) -> u64,
@@ -121,7 +136,15 @@ fn nested_chain(
             varint(&mut update, c);
             varint(&mut update, start);
             for k in start..start + per_update {
-                array_in(&mut update, parent);
+                match (parent, doc) {
+                    // An array under key `e` of root map `entities`.
+                    (None, 1) => {
+                        update.extend([0b0010_0000 | 7, 1, 8]);
+                        update.extend(b"entities");
+                        update.extend([1, b'e', 0]);
+                    }
+                    _ => array_in(&mut update, parent),
+                }
                 parent = Some((c, k));
             }
             update.push(0);
@@ -146,9 +169,15 @@ fn array_in(update: &mut Vec<u8>, parent: Option<(u64, u64)>) {
 /// [`deep_types_across_updates`], but each update from a client of its own
 /// (`first_client` on), so that sent in reverse none leaves a hole: each builds on an
 /// item the receiver does not have yet, and yrs keeps it pending until the first
-/// comes, then integrates the whole chain at once.
-pub fn deep_types_across_clients(first_client: u64, updates: u64, per_update: u64) -> Vec<Vec<u8>> {
-    nested_chain(updates, per_update, |u| first_client + u, |_| 0)
+/// comes, then integrates the whole chain at once. In document `doc` (see
+/// [`deep_types_across_updates_in`]).
+pub fn deep_types_across_clients(
+    doc: u8,
+    first_client: u64,
+    updates: u64,
+    per_update: u64,
+) -> Vec<Vec<u8>> {
+    nested_chain(doc, updates, per_update, |u| first_client + u, |_| 0)
 }
 
 /// `rounds` updates, each with three clients: a collected block of client 9,001 at
@@ -295,6 +324,56 @@ pub fn drained_collected_left_origins(rounds: u64) -> Vec<Vec<u8>> {
     out
 }
 
+/// A seventh review's recipe, one round: a collected block of client `gc` and, in
+/// the same update, client `client`'s array whose left origin is that block and whose
+/// right origin is `beside` (an item the receiver holds), with 31 arrays nested in it.
+/// yrs places the array beside `beside`, wherever that sits; counted relative to the
+/// collected block (not placed yet, looked up), each round went 31 deeper.
+pub fn collected_left_origin_beside_a_held_item(
+    gc: u64,
+    beside: (u64, u64),
+    client: u64,
+) -> Vec<u8> {
+    let mut update = vec![2, 1];
+    varint(&mut update, gc);
+    update.extend([0, 0, 1]);
+    update.push(32);
+    varint(&mut update, client);
+    update.extend([0, 0xc7]);
+    varint(&mut update, gc);
+    update.push(0);
+    varint(&mut update, beside.0);
+    varint(&mut update, beside.1);
+    update.push(0);
+    for clock in 1..32 {
+        array_in(&mut update, Some((client, clock - 1)));
+    }
+    update.push(0);
+    update
+}
+
+/// A seventh review's recipe: one update of client `client` that yrs keeps pending
+/// (its first block builds on an item never sent), holding `pairs` collected blocks,
+/// each followed by a deleted item (so that each is a run of its own).
+pub fn pending_collected_blocks(client: u64, pairs: u64) -> Vec<u8> {
+    let mut update = vec![1];
+    varint(&mut update, 1 + 2 * pairs);
+    varint(&mut update, client);
+    update.push(0);
+    update.push(0x81);
+    varint(&mut update, 999_999);
+    update.extend([5, 1]);
+    for k in 0..pairs {
+        update.extend([0, 1]);
+        update.push(0x81);
+        varint(&mut update, client);
+        varint(&mut update, 1 + 2 * k);
+        update.push(1);
+    }
+    update.push(0);
+    update
+}
+
 /// `items` text items in a row, each continuing the last: yrs squashes the run at
 /// commit at a cost of its square.
 pub fn squash_run(items: u64) -> Vec<u8> {
@@ -376,9 +455,10 @@ pub fn datagrams(seed: u64) -> Vec<(Channel, Bytes)> {
                 doc_body(d, 2, &update_building_on_nothing(5_000 + n)),
             );
         }
-        // 12,000 types deep, 30 an update: past a tab's stack when deleted.
-        for update in deep_types_across_updates(6_000 + u64::from(d), 400, 30) {
-            doc(&mut out, doc_body(d, 2, &update));
+        // 12,000 types deep, 30 an update: past a tab's stack when deleted. (As
+        // catch-up: live, another's blocks are refused before anything else.)
+        for update in deep_types_across_updates_in(d, 6_000 + u64::from(d), 400, 30) {
+            doc(&mut out, doc_body(d, 1, &update));
         }
         // Asks for everything, again and again.
         for _ in 0..20 {

@@ -18,10 +18,11 @@ use bevy_peer_sync::yrs::Text;
 use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
-    collected_left_origins, collected_over_a_type, deep_types, deep_types_across_clients,
-    deep_types_across_updates, doc_body, drained_collected_left_origins, nested_map_bomb,
-    pending_collected_block_retaken, squash_run, state_vector_bomb, update_building_on_nothing,
-    varint, wrapped_length,
+    collected_left_origin_beside_a_held_item, collected_left_origins, collected_over_a_type,
+    deep_types, deep_types_across_clients, deep_types_across_updates, deep_types_across_updates_in,
+    doc_body, drained_collected_left_origins, nested_map_bomb, pending_collected_block_retaken,
+    pending_collected_blocks, squash_run, state_vector_bomb, update_building_on_nothing, varint,
+    wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -246,12 +247,17 @@ fn types_nested_deep_in_one_update_are_refused() {
     }
 }
 
-/// How deeply shared types nest under root array `a` of `txn`'s document, read
-/// without recursion.
+/// How deeply shared types nest under root array `a` of `txn`'s document (or, in
+/// the entity document, under root map `entities`, from its key `e`), read without
+/// recursion.
 fn depth_under_a(txn: &mut bevy_peer_sync::yrs::TransactionMut) -> usize {
-    use bevy_peer_sync::yrs::{Array, Out, WriteTxn};
+    use bevy_peer_sync::yrs::{Array, Map, Out, ReadTxn, WriteTxn};
+    let mut open = Vec::new();
+    if let Some(Out::YArray(e)) = txn.get_map("entities").and_then(|m| m.get(txn, "e")) {
+        open.push((e, 2));
+    }
     let root = txn.get_or_insert_array("a");
-    let mut open = vec![(root, 1)];
+    open.push((root, 1));
     let mut deepest = 0;
     while let Some((array, depth)) = open.pop() {
         deepest = deepest.max(depth);
@@ -268,7 +274,9 @@ fn depth_under_a(txn: &mut bevy_peer_sync::yrs::TransactionMut) -> usize {
 /// the last of the update before, then one deleting the outermost, on both documents,
 /// live and as catch-up. Each update alone is within the limit of one; together they
 /// nested 30,000 deep and the delete overflowed the receiver's stack (on `0d19dce` this
-/// test aborts). Now levels are known across updates: the second update of each run is
+/// test aborts). (Live in the entity document, the first already writes an entity the
+/// sender does not own: refused before its nesting counts.) Now levels are known
+/// across updates: the second update of each run is
 /// refused and counted, those after wait for it and are given up, nothing nests deeper
 /// than `MAX_TYPE_DEPTH`, and the outermost deletes at no cost.
 #[test]
@@ -281,14 +289,14 @@ fn types_nested_across_updates_stop_at_the_limit() {
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
     let mut deletes = Vec::new();
-    for (n, (d, kind)) in [(0, 2), (0, 1), (1, 2)].into_iter().enumerate() {
+    for (n, (d, kind)) in [(0, 2), (0, 1), (1, 1)].into_iter().enumerate() {
         // Live, the sender's own client (the only one it may write live); as
         // catch-up, any.
         let client = match kind {
             2 => bevy_peer_sync::internals::writes_as(room.app(a).world(), d),
             _ => 70_000 + n as u64,
         };
-        let mut updates = deep_types_across_updates(client, 1_000, 30);
+        let mut updates = deep_types_across_updates_in(d, client, 1_000, 30);
         deletes.push(doc_body(d, kind, &updates.pop().expect("the delete")));
         for update in updates {
             inject(&mut room, a, b, doc_body(d, kind, &update));
@@ -354,7 +362,7 @@ fn types_nested_across_clients_pending_in_yrs_stop_at_the_limit() {
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
     for (d, first_client) in [(0, 80_000), (1, 90_000)] {
-        let updates = deep_types_across_clients(first_client, 250, 30);
+        let updates = deep_types_across_clients(d, first_client, 250, 30);
         for update in updates.iter().rev() {
             inject(&mut room, a, b, doc_body(d, 1, update));
             // (Past 256 stalled updates yrs' pending store is given up anyway.)
@@ -551,6 +559,110 @@ fn a_drained_pending_collected_block_as_left_origin_counts_at_the_right_one() {
     );
     assert_eq!(depth, 2, "the root array and the array in it, no more");
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
+}
+
+/// A seventh review's recipe: a collected block and, in the same update, an array
+/// beside it and the last round's deepest array (held by the receiver), 31 nested in
+/// it. yrs places the array beside its right origin; counted relative to the block
+/// (not placed yet), it went in 31 deeper each round (157 deep after four on
+/// `30605f7`). An item beside a block collected in its own update is no honest
+/// encoder's: refused.
+#[test]
+fn a_type_beside_a_block_collected_in_its_own_update_is_refused() {
+    let mut room = TestRoom::new(104);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut updates = deep_types_across_updates(9_700, 1, 32);
+    updates.pop(); // (not the delete)
+    let mut beside = (9_700, 31);
+    for round in 0..4 {
+        let client = 9_702 + 2 * round;
+        updates.push(collected_left_origin_beside_a_held_item(
+            9_701 + 2 * round,
+            beside,
+            client,
+        ));
+        beside = (client, 31);
+    }
+    for update in updates {
+        inject(&mut room, a, b, doc_body(0, 1, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(depth, 33, "the chain of 32 under the root array, no more");
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 4);
+}
+
+/// The sixth recipe in another order (a seventh review's): the collected block
+/// pending, then the array beside it (watched while the block is not placed), then
+/// the update that brings what the block waited for, so yrs drains the block and
+/// places the array beside its right origin in one apply (126 deep after four rounds
+/// on `30605f7`). An item counted through a collected block not placed yet is
+/// refused.
+#[test]
+fn a_type_beside_a_pending_collected_block_is_refused() {
+    let mut room = TestRoom::new(105);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let mut updates = drained_collected_left_origins(4);
+    for k in 0..4 {
+        updates.swap(2 + 3 * k, 3 + 3 * k);
+    }
+    for update in updates {
+        inject(&mut room, a, b, doc_body(0, 1, &update));
+        room.step();
+    }
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(depth, 2, "the root array and the array in it, no more");
+    assert_eq!(drops(&mut room, b, DropReason::Malformed), 4);
+}
+
+/// A seventh review's recipe: 100,000 collected blocks yrs keeps pending (about 1 MB),
+/// then 1,000 updates of 11 bytes that go in beside them. Each update looked at every
+/// pending collected block to tell whether yrs had placed it (100,200,000 looks, 217 s
+/// in this debug test on `30605f7`); now only an update that lets some of what is pending in does.
+#[test]
+fn pending_collected_blocks_are_not_walked_by_every_update() {
+    let mut room = TestRoom::new(106);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let pending = pending_collected_blocks(9_800, 100_000);
+    assert!(pending.len() < 1_100_000, "{}", pending.len());
+    inject(&mut room, a, b, doc_body(0, 1, &pending));
+    room.step();
+    for k in 0..1_000u64 {
+        let mut tick = vec![1, 1];
+        varint(&mut tick, 9_801);
+        varint(&mut tick, k);
+        tick.extend([4, 1, 1, b't', 1, b'x', 0]);
+        inject(&mut room, a, b, doc_body(0, 1, &tick));
+    }
+    room.step_n(2);
+    let doc = room.app(b).world().resource::<SharedDoc>();
+    assert_eq!(doc.text_string("t").len(), 1_000);
+    assert!(bevy_peer_sync::internals::pending_in_yrs(doc));
+    let visits = bevy_peer_sync::internals::collected_visits(doc);
+    assert!(visits <= 100_000, "{visits} looks");
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed

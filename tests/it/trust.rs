@@ -276,3 +276,77 @@ fn a_live_update_with_another_authors_blocks_is_refused() {
     room.step_n(3);
     assert_eq!(note(&room, a), "first second");
 }
+
+/// The entity document has one root the crate defines, `entities`: an update that
+/// writes in another (1 MiB here, live from the sender's own client or relayed as
+/// catch-up) is refused and counted. Before, it was kept, saved and sent to every
+/// late joiner, though nothing reads it.
+#[test]
+fn an_entity_update_writing_another_root_is_refused() {
+    use bevy_peer_sync::internals::{entity_doc_transact_mut, writes_as};
+    use bevy_peer_sync::testing::hostile::{doc_body, varint};
+    use bevy_peer_sync::yrs::ReadTxn;
+
+    #[derive(Component, serde::Serialize, serde::Deserialize, Clone, PartialEq)]
+    struct Score(u32);
+    let with_score = |app: &mut App| {
+        app.sync_component::<Score>(Route::Durable);
+    };
+    let mut room = TestRoom::new(127);
+    let a = room.add_peer(with_score);
+    let m = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let junk = |client: u64| {
+        let mut update = vec![1, 1];
+        varint(&mut update, client);
+        update.extend([0, 0b0010_0000 | 4, 1]);
+        varint(&mut update, 4);
+        update.extend(b"junk");
+        update.extend([1, b'k']);
+        varint(&mut update, 1 << 20);
+        update.extend(std::iter::repeat_n(b'x', 1 << 20));
+        update.push(0);
+        update
+    };
+    let m_id = room.peer_id(m).unwrap();
+    let own = writes_as(room.app(m).world(), 1);
+    for (kind, client) in [(2, own), (1, 5_555)] {
+        let body = doc_body(1, kind, &junk(client));
+        let frames = wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap();
+        for bytes in frames {
+            room.app_mut(a)
+                .world_mut()
+                .resource_mut::<TransportIo>()
+                .insert_received(Packet {
+                    peer: m_id,
+                    channel: Channel::Reliable,
+                    bytes,
+                });
+        }
+        room.step_n(2);
+    }
+    assert_eq!(drops(&mut room, a, DropReason::Unknown), 2);
+    let doc = room
+        .app(a)
+        .world()
+        .resource::<bevy_peer_sync::durable::EntityDoc>();
+    let txn = entity_doc_transact_mut(doc);
+    assert!(txn.get_map("junk").is_none());
+    assert!(
+        txn.state_vector()
+            .get(&bevy_peer_sync::yrs::block::ClientID::new(5_555))
+            == 0
+    );
+    assert!(
+        txn.state_vector()
+            .get(&bevy_peer_sync::yrs::block::ClientID::new(own))
+            == 0
+    );
+    drop(txn);
+    // An honest entity still goes through.
+    room.app_mut(m).world_mut().spawn((Replicated, Score(7)));
+    assert!(room.step_until(10, |room| {
+        room.app(a).world().resource::<NetEntities>().len() == 1
+    }));
+}
