@@ -167,6 +167,31 @@ impl Plugin for PeerSyncPlugin {
         crate::presence::plugin(app);
         crate::diagnostics::plugin(app);
     }
+
+    /// # Panics
+    /// If [`LocalPeer`](crate::net::peer::LocalPeer) was replaced after this plugin was
+    /// added: the documents write with the first one's client ids, which the new one's
+    /// hellos do not prove, so peers would refuse every update this app sends. Insert
+    /// `LocalPeer::with_key(..)` before adding the plugin.
+    fn finish(&self, app: &mut App) {
+        let world = app.world();
+        let local = world.resource::<crate::net::peer::LocalPeer>();
+        let room = crate::doc::DocId::Room as u8;
+        let mut ours = world
+            .resource::<crate::doc::SharedDoc>()
+            .doc()
+            .client_id()
+            .get()
+            == local.client_id(room);
+        if let Some(entities) = world.get_resource::<crate::durable::EntityDoc>() {
+            let id = crate::doc::DocId::Entities as u8;
+            ours &= entities.doc().client_id().get() == local.client_id(id);
+        }
+        assert!(
+            ours,
+            "PeerSyncPlugin: `LocalPeer` was replaced after the plugin was added; insert `LocalPeer::with_key(..)` before `add_plugins(PeerSyncPlugin::..)`, or peers refuse every update this app sends"
+        );
+    }
 }
 
 impl SyncAppExt for App {

@@ -89,7 +89,7 @@ pub(crate) use engine::{Remote, SyncedDoc};
 pub use levels::{MAX_SETTLED_DEPTH, MAX_STALLED_TYPES, MAX_TYPE_DEPTH};
 pub use shared::{SharedDoc, SharedDocChanged};
 pub use stalled::MAX_PENDING_MERGES;
-pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP};
+pub use sync::{HELD_STEP1_WAIT, LARGE_ANSWER, LARGE_ANSWER_GAP, STEP1_ANSWER_GAP, STEP2_WINDOW};
 
 use crate::net::stats::DropReason;
 use crate::net::wire::Message;

@@ -38,9 +38,52 @@ pub(super) struct Ask {
     last_large: Option<Duration>,
 }
 
+/// A y-sync step 2 from a peer is taken only this long after this peer last asked it
+/// (or the room) for one with a step 1, or after the last step 2 taken from it: an
+/// answer, not a write of the sender's choosing. (The fresh joiner's whole state,
+/// asked for in its hello, counts as asked.)
+pub const STEP2_WINDOW: Duration = Duration::from_secs(30);
+
+/// When this peer last asked for catch-up (sent a step 1), per peer and document, and
+/// of the whole room; and when it last took a step 2 from each peer.
+#[derive(Resource, Default)]
+pub(super) struct Asked {
+    peers: HashMap<(PeerId, DocId), Duration>,
+    room: HashMap<DocId, Duration>,
+}
+
+impl Asked {
+    fn note(&mut self, to: Recipients, doc: DocId, now: Duration) {
+        match to {
+            Recipients::Peer(peer) => {
+                self.peers.insert((peer, doc), now);
+            }
+            _ => {
+                self.room.insert(doc, now);
+            }
+        }
+    }
+
+    /// Whether a step 2 from `peer` now answers an ask; if so, its window starts again.
+    fn answers(&mut self, peer: PeerId, doc: DocId, now: Duration) -> bool {
+        let recent =
+            |at: Option<&Duration>| at.is_some_and(|at| now.saturating_sub(*at) < STEP2_WINDOW);
+        let asked = recent(self.peers.get(&(peer, doc))) || recent(self.room.get(&doc));
+        if asked {
+            self.peers.insert((peer, doc), now);
+        }
+        asked
+    }
+
+    fn forget(&mut self, peer: PeerId) {
+        self.peers.retain(|(p, _), _| *p != peer);
+    }
+}
+
 /// Adds the protocol's systems.
 pub(super) fn plugin(app: &mut App) {
     app.init_resource::<HostedDocs>()
+        .init_resource::<Asked>()
         .init_resource::<HeldStep1>()
         .init_resource::<Step1Asks>()
         .add_stage_systems(
@@ -81,8 +124,9 @@ fn send_state_vectors(
     fresh: Res<FreshJoin>,
     mut held: ResMut<HeldStep1>,
     time: Res<Time<Real>>,
-    mut outbox: ResMut<Outbox>,
+    (mut outbox, mut asked): (ResMut<Outbox>, ResMut<Asked>),
 ) {
+    let now = time.elapsed();
     let docs: Vec<_> = hosted.iter().collect();
     // Each document's whole state, encoded once however many fresh peers join.
     let mut whole: Vec<Option<Vec<Message>>> = vec![None; docs.len()];
@@ -103,8 +147,12 @@ fn send_state_vectors(
                     outbox.push(to, Channel::Reliable, piece.clone());
                 }
             }
-            if !handshake.we_are_sent_everything() && !hold_step1 {
+            if handshake.we_are_sent_everything() {
+                // (Asked in our hello.)
+                asked.note(to, id, now);
+            } else if !hold_step1 {
                 outbox.push(to, Channel::Reliable, step1(id, synced));
+                asked.note(to, id, now);
             }
         }
     }
@@ -157,6 +205,7 @@ fn send_held_step1(
     hosted: Res<HostedDocs>,
     mut outbox: ResMut<Outbox>,
     time: Res<Time<Real>>,
+    mut asked: ResMut<Asked>,
 ) {
     if held.0.is_empty() {
         return;
@@ -169,6 +218,7 @@ fn send_held_step1(
         if peers.entity(peer).is_some() {
             for (id, synced) in hosted.iter() {
                 outbox.push(Recipients::Peer(peer), Channel::Reliable, step1(id, synced));
+                asked.note(Recipients::Peer(peer), id, now);
             }
         }
         false
@@ -180,11 +230,13 @@ fn ask_for_missing_history(
     hosted: Res<HostedDocs>,
     mut outbox: ResMut<Outbox>,
     time: Res<Time<Real>>,
+    mut asked: ResMut<Asked>,
 ) {
     let now = time.elapsed();
     for (id, synced) in hosted.iter() {
         if synced.wants_sync(now) {
             outbox.push(Recipients::All, Channel::Reliable, step1(id, synced));
+            asked.note(Recipients::All, id, now);
         }
     }
 }
@@ -196,13 +248,16 @@ pub(super) fn receive_doc_messages(
     hosted: Res<HostedDocs>,
     mut fresh: ResMut<FreshJoin>,
     mut asks: ResMut<Step1Asks>,
-    peers: Res<Peers>,
-    mut stats: Query<&mut PeerStats>,
-    links: Query<&Inbound>,
+    (peers, mut stats, links): (Res<Peers>, Query<&mut PeerStats>, Query<&Inbound>),
+    (mut asked, time, mut left): (ResMut<Asked>, Res<Time<Real>>, MessageReader<PeerLeft>),
 ) {
+    for left in left.read() {
+        asked.forget(left.peer);
+    }
     if inbox.doc.is_empty() {
         return;
     }
+    let now = time.elapsed();
     let mut drop = |peer: PeerId, reason: DropReason, what: &str| {
         debug!("refused {what} from peer `{peer}`: {reason:?}");
         if let Some(mut stats) = peers.entity(peer).and_then(|e| stats.get_mut(e).ok()) {
@@ -237,6 +292,10 @@ pub(super) fn receive_doc_messages(
                 }
             }
             SyncMessage::SyncStep2(bytes) => {
+                if !asked.answers(peer, doc_id, now) {
+                    drop(peer, DropReason::Unasked, "a step 2 nobody asked for");
+                    continue;
+                }
                 if fresh.asked == Some(peer) {
                     fresh.answered = true;
                 }

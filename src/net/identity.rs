@@ -44,7 +44,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::peer::{RejectReason, ReplicaId};
+use super::peer::{PeerId, RejectReason, ReplicaId};
 
 /// A replica's signing key: who it is, for as long as it keeps it. Keep it as secret
 /// as the save it lives in (whoever has it can write as this replica).
@@ -96,7 +96,7 @@ impl PeerKey {
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0; N];
     getrandom::fill(&mut bytes).expect(
-        "the operating system gives randomness (on wasm32 the build sets `getrandom_backend=\"wasm_js\"`)",
+        "the operating system gives randomness (in the browser, through getrandom's `wasm_js` backend)",
     );
     bytes
 }
@@ -154,13 +154,15 @@ impl RoomSecret {
 /// A nonce fresh for one link.
 pub(crate) type Nonce = [u8; 16];
 
-/// What one side of a link says of itself in its hellos: its keys and this link's
-/// nonce.
+/// One side of a link: the keys and nonce its hellos say, and its id in the room (as
+/// the signaling server assigned it: the verifier puts there the id of the link the
+/// hello came on, so that a proof relayed from another link does not check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Side {
     pub(crate) key: [u8; 32],
     pub(crate) session: [u8; 32],
     pub(crate) nonce: Nonce,
+    pub(crate) peer: PeerId,
 }
 
 /// What a hello proves once its sender has the recipient's hello (see the
@@ -175,11 +177,14 @@ pub struct Proof {
     pub room_mac: Option<Vec<u8>>,
 }
 
-/// What `signer` proves to `verifier`: both sides' keys and nonces, signer first.
+/// What `signer` proves to `verifier`: both sides' ids in the room, keys and nonces,
+/// signer first. (Without the ids, a third peer could pass two peers' hellos between
+/// its own links to them and sit in the middle, secret or not.)
 fn transcript(signer: &Side, verifier: &Side) -> [u8; 32] {
     let mut hash = Sha256::new();
-    hash.update(b"bevy_peer_sync hello proof v1\0");
+    hash.update(b"bevy_peer_sync hello proof v2\0");
     for side in [signer, verifier] {
+        hash.update(side.peer.0.to_le_bytes());
         hash.update(side.key);
         hash.update(side.session);
         hash.update(side.nonce);
@@ -276,6 +281,7 @@ mod tests {
             key: key.key.public(),
             session: key.session.public(),
             nonce: [nonce; 16],
+            peer: PeerId(u128::from(nonce)),
         }
     }
 
@@ -299,6 +305,12 @@ mod tests {
             ..sb
         };
         assert!(check(&proof, &sa, &other, Some(&secret)).is_err());
+        // Relayed: the same nonces, but it came on a link from another peer id.
+        let relayed = Side {
+            peer: PeerId(77),
+            ..sa
+        };
+        assert!(check(&proof, &relayed, &sb, Some(&secret)).is_err());
         // Claimed as another replica's (or run's): it does not check. (With a secret
         // the MAC, over both keys, fails first.)
         let c = keys(3);

@@ -116,10 +116,14 @@ pub enum RejectReason {
     },
     /// The peer has this peer's own replica id: two apps started from one save.
     SameReplica(ReplicaId),
-    /// The peer's replica is in the room already, on another link: two apps started
-    /// from one save, or an old link not closed yet (it is refused until that one
-    /// closes).
+    /// The peer's replica proved itself on a newer link, so this older one is ended:
+    /// a reconnect whose old link had not closed yet, or two apps started from one
+    /// save (then they take turns).
     ReplicaConnected(ReplicaId),
+    /// The handshake was not done within
+    /// [`HANDSHAKE_TIMEOUT`](crate::net::session::HANDSHAKE_TIMEOUT): the peer never
+    /// proved itself (or its datagrams never came).
+    HandshakeTimeout,
     /// The room's secrets differ (see [`RoomSecret`](super::identity::RoomSecret)).
     RoomSecret(super::identity::SecretMismatch),
     /// The hello itself was malformed.
@@ -154,7 +158,11 @@ impl fmt::Display for RejectReason {
             ),
             Self::ReplicaConnected(replica) => write!(
                 f,
-                "replica `{replica}` is in the room already on another link: two apps restored from one save? give each player its own save"
+                "replica `{replica}` proved itself on a newer link, so this one ends (a reconnect; or two apps restored from one save? give each player its own save)"
+            ),
+            Self::HandshakeTimeout => write!(
+                f,
+                "no proved hello within the handshake timeout: the peer is not one of this room's, or its link is broken"
             ),
             Self::RoomSecret(mismatch) => write!(
                 f,

@@ -18,6 +18,7 @@ use bevy::prelude::*;
 use bytes::Bytes;
 
 pub use budget::PeerBudget;
+pub use handshake::HANDSHAKE_TIMEOUT;
 pub(crate) use handshake::{
     ConnectedReplicas, FreshJoin, Handshake, HelloOutcome, hello_to, repeat_hellos,
 };

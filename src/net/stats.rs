@@ -33,11 +33,13 @@ pub enum DropReason {
     OverBudget,
     /// Named an entity or type that is not known here.
     Unknown,
+    /// Catch-up (a y-sync step 2) this peer did not ask for.
+    Unasked,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         Self::Malformed,
         Self::Oversized,
         Self::WrongVersion,
@@ -50,6 +52,7 @@ impl DropReason {
         Self::Stale,
         Self::OverBudget,
         Self::Unknown,
+        Self::Unasked,
     ];
 }
 

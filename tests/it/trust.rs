@@ -164,10 +164,12 @@ fn an_impostor_is_refused_however_it_claims() {
     }
 }
 
-/// Two apps with one key (one save started twice): the room keeps the first link of
-/// that replica and refuses the second, and the two refuse each other.
+/// Two apps with one key (one save started twice, or a reconnect whose old link has
+/// not closed yet): the newer link of that replica, proved over this peer's nonce for
+/// it, replaces the older, which is told why; the two refuse each other. (Refusing the
+/// newer one instead left a reconnecting peer out until its old link timed out.)
 #[test]
-fn a_second_link_of_one_replica_is_refused() {
+fn a_newer_link_of_one_replica_replaces_the_older() {
     let mut room = TestRoom::new(124);
     let a = room.add_peer(|_| {});
     let v = room.add_peer(|_| {});
@@ -185,20 +187,72 @@ fn a_second_link_of_one_replica_is_refused() {
     let rejected = steps(&mut room, 10);
     assert_eq!(rejected[a], vec![RejectReason::ReplicaConnected(replica)]);
     assert_eq!(replicas_connected(&mut room, a), vec![replica]);
-    // The twin refuses `v` (its own replica) and hears why `a` refused it.
+    assert_eq!(room.connected_count(a), 1);
+    let twin_id = room.peer_id(twin).unwrap();
+    {
+        let world = room.app_mut(a).world_mut();
+        let mut query = world.query::<(&Peer, &PeerLink)>();
+        let connected: Vec<_> = query
+            .iter(world)
+            .filter(|(_, link)| **link == PeerLink::Connected)
+            .map(|(peer, _)| peer.id)
+            .collect();
+        assert_eq!(connected, vec![twin_id], "the newer link");
+    }
+    assert!(rejected[twin].contains(&RejectReason::SameReplica(replica)));
+    assert!(rejected[v].contains(&RejectReason::SameReplica(replica)));
     assert!(
-        rejected[twin].contains(&RejectReason::SameReplica(replica)),
-        "{:?}",
-        rejected[twin]
-    );
-    assert!(
-        rejected[twin]
+        rejected[v]
             .iter()
-            .any(|r| matches!(r, RejectReason::RefusedByPeer(why) if why.contains("another link"))),
+            .any(|r| matches!(r, RejectReason::RefusedByPeer(why) if why.contains("newer link"))),
         "{:?}",
-        rejected[twin]
+        rejected[v]
     );
-    assert_eq!(room.connected_count(twin), 0);
+}
+
+/// A third peer passes two peers' hellos between its own links to them, to sit in the
+/// middle (it needs no secret: it only relays what they sign). The proof names the
+/// ids of both ends in the room, and the relayed one came on the relay's link: refused.
+#[test]
+fn a_proof_relayed_from_another_link_is_refused() {
+    let mut room = TestRoom::new(129);
+    let a = room.add_peer(|_| {});
+    let b = room.add_peer(|_| {});
+    let m = room.add_peer(|_| {});
+    let (a_id, b_id, m_id) = (
+        room.peer_id(a).unwrap(),
+        room.peer_id(b).unwrap(),
+        room.peer_id(m).unwrap(),
+    );
+    // m's own datagrams never arrive: a and b hear only what m relays.
+    let never = LinkConditioner {
+        latency: Duration::from_secs(3_600),
+        ..LinkConditioner::PERFECT
+    };
+    room.network.set_conditioner(m_id, a_id, never);
+    room.network.set_conditioner(m_id, b_id, never);
+    room.step_n(5);
+    assert_eq!(room.connected_count(a), 1, "a and b meet directly");
+    // a's hello on its link to m, relayed to b as m's.
+    let from_a = hello_to(room.app(a).world(), m_id, false, true).unwrap();
+    inject_hello(&mut room, m, b, from_a);
+    room.step();
+    // b's answer on its link to m (its proof for what it took for m's side), relayed
+    // to a as m's.
+    let from_b = hello_to(room.app(b).world(), m_id, false, true).unwrap();
+    assert!(
+        from_b.proof.is_some(),
+        "b answered the relayed hello with a proof"
+    );
+    inject_hello(&mut room, m, a, from_b);
+    let reasons = steps(&mut room, 3).swap_remove(a);
+    assert!(
+        matches!(reasons.as_slice(), [RejectReason::Malformed(_)]),
+        "{reasons:?}"
+    );
+    // a's only link to b's replica is the direct one.
+    let b_replica = room.app(b).world().resource::<LocalPeer>().replica();
+    assert_eq!(replicas_connected(&mut room, a), vec![b_replica]);
 }
 
 /// A hello that changes its keys or nonce on a link is dropped and counted; the
@@ -349,4 +403,66 @@ fn an_entity_update_writing_another_root_is_refused() {
     assert!(room.step_until(10, |room| {
         room.app(a).world().resource::<NetEntities>().len() == 1
     }));
+}
+
+/// A y-sync step 2 is an answer: one this peer did not ask for (here well after the
+/// step 1s of the join were answered) is refused and counted. Before, a step 2 was
+/// applied whenever it came, asked for or not.
+#[test]
+fn an_unasked_step_2_is_refused() {
+    use bevy_peer_sync::doc::STEP2_WINDOW;
+    use bevy_peer_sync::testing::hostile::{doc_body, varint};
+
+    let mut room = TestRoom::new(128);
+    let a = room.add_peer(|_| {});
+    let m = room.add_peer(|_| {});
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    let frames = (STEP2_WINDOW.as_secs_f64() * 60.0) as usize + 60;
+    room.step_n(frames);
+    // A string under root `t` of a client of its choosing.
+    let mut update = vec![1, 1];
+    varint(&mut update, 4_242);
+    update.extend([0, 4, 1, 1, b't', 8]);
+    update.extend(b"graffiti");
+    update.push(0);
+    let m_id = room.peer_id(m).unwrap();
+    let body = doc_body(0, 1, &update);
+    for bytes in wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap() {
+        room.app_mut(a)
+            .world_mut()
+            .resource_mut::<TransportIo>()
+            .insert_received(Packet {
+                peer: m_id,
+                channel: Channel::Reliable,
+                bytes,
+            });
+    }
+    room.step_n(2);
+    assert_eq!(drops(&mut room, a, DropReason::Unasked), 1);
+    assert_eq!(
+        room.app(a).world().resource::<SharedDoc>().text_string("t"),
+        ""
+    );
+}
+
+/// A link that never proves itself (a stranger parking links, a peer gone silent
+/// mid-handshake) is refused after `HANDSHAKE_TIMEOUT`, not re-helloed for ever.
+#[test]
+fn a_link_that_never_proves_itself_times_out() {
+    use bevy_peer_sync::net::session::HANDSHAKE_TIMEOUT;
+
+    let mut room = TestRoom::new(130);
+    let a = room.add_peer(|_| {});
+    let m = room.add_peer(|_| {});
+    let (a_id, m_id) = (room.peer_id(a).unwrap(), room.peer_id(m).unwrap());
+    let never = LinkConditioner {
+        latency: Duration::from_secs(3_600),
+        ..LinkConditioner::PERFECT
+    };
+    room.network.set_conditioner(m_id, a_id, never);
+    let frames = (HANDSHAKE_TIMEOUT.as_secs_f64() * 60.0) as usize;
+    let early = steps(&mut room, frames - 60);
+    assert!(early[a].is_empty(), "{:?}", early[a]);
+    let late = steps(&mut room, 120);
+    assert_eq!(late[a], vec![RejectReason::HandshakeTimeout]);
 }

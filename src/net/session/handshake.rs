@@ -62,6 +62,10 @@ impl FreshJoin {
     }
 }
 
+/// A link whose handshake is not done this long after our first hello is refused
+/// ([`RejectReason::HandshakeTimeout`]).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The first wait before a hello is repeated; it doubles up to [`HELLO_RETRY_MAX`].
 const HELLO_RETRY: Duration = Duration::from_millis(200);
 const HELLO_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -91,6 +95,8 @@ pub(crate) struct Handshake {
     /// The peer has shown it has our hello.
     ours_heard: bool,
     last_sent: Duration,
+    /// When our first hello on the link left.
+    started: Option<Duration>,
     retry: Duration,
     /// What our hellos on this link say of [`Hello::fresh`], fixed by the first.
     our_fresh: Option<bool>,
@@ -108,6 +114,7 @@ impl Default for Handshake {
             our_nonce: identity::random_bytes(),
             ours_heard: false,
             last_sent: Duration::ZERO,
+            started: None,
             retry: Duration::ZERO,
             our_fresh: None,
             their_fresh: false,
@@ -150,6 +157,7 @@ impl Handshake {
 
     fn sent(&mut self, now: Duration) {
         self.last_sent = now;
+        self.started.get_or_insert(now);
         self.retry = if self.retry.is_zero() {
             HELLO_RETRY
         } else {
@@ -255,6 +263,7 @@ fn hello(speaker: Speaker, handshake: &Handshake, flags: HelloFlags) -> Hello {
         key: keys.key.public(),
         session: keys.session.public(),
         nonce: handshake.our_nonce,
+        peer: local.id().unwrap_or(PeerId(0)),
     };
     let schema = registry.schema_strings();
     Hello {
@@ -277,7 +286,7 @@ fn hello(speaker: Speaker, handshake: &Handshake, flags: HelloFlags) -> Hello {
 /// Which link each replica whose hello was taken is on: a second link of one
 /// replica is refused while the first lives.
 #[derive(Resource, Debug, Default)]
-pub(crate) struct ConnectedReplicas(HashMap<ReplicaId, Entity>);
+pub(crate) struct ConnectedReplicas(HashMap<ReplicaId, (Entity, PeerId)>);
 
 /// What became of a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +308,7 @@ pub(crate) struct Hellos<'w, 's> {
     config: Res<'w, super::SessionConfig>,
     fresh: ResMut<'w, FreshJoin>,
     replicas: ResMut<'w, ConnectedReplicas>,
-    links: Query<'w, 's, (), With<Peer>>,
+    links: Query<'w, 's, Has<PeerReplica>, With<Peer>>,
     joined: MessageWriter<'w, PeerJoined>,
     rejected: MessageWriter<'w, PeerRejected>,
     left: MessageWriter<'w, PeerLeft>,
@@ -330,6 +339,7 @@ impl Hellos<'_, '_> {
             key: hello.key,
             session: hello.session,
             nonce: hello.nonce,
+            peer: from,
         };
         let refusal = match handshake.their_side {
             None => {
@@ -355,6 +365,7 @@ impl Hellos<'_, '_> {
                 key: self.local.key().public(),
                 session: self.local.keys().session.public(),
                 nonce: handshake.our_nonce,
+                peer: self.local.id().unwrap_or(PeerId(0)),
             };
             if let Err(reason) =
                 identity::check(proof, &side, &ours, self.config.room_secret.as_ref())
@@ -362,17 +373,24 @@ impl Hellos<'_, '_> {
                 return Some(reason);
             }
             let replica = ReplicaId(hello.replica);
-            if let Some(&other) = self.replicas.0.get(&replica)
+            // (Only once proved: a stranger saying our key is merely malformed.)
+            if replica == self.local.replica() {
+                return Some(RejectReason::SameReplica(replica));
+            }
+            if let Some(&(other, other_peer)) = self.replicas.0.get(&replica)
                 && other != entity
-                && self.links.contains(other)
+                && let Ok(was_connected) = self.links.get(other)
             {
-                return Some(RejectReason::ReplicaConnected(replica));
+                // Proved on this link over our nonce for it: newer than the other
+                // (a reconnect whose old link has not closed yet, or a second app
+                // from one save). The older one ends.
+                self.replace_link(other, other_peer, replica, was_connected, io);
             }
             debug!(
                 "hello from peer `{from}` proved replica `{replica}` (bevy_peer_sync `{}`)",
                 hello.crate_version
             );
-            self.replicas.0.insert(replica, entity);
+            self.replicas.0.insert(replica, (entity, from));
             handshake.theirs = Some(replica);
             // The proof is over our nonce: they have our hello.
             handshake.ours_heard = true;
@@ -408,10 +426,42 @@ impl Hellos<'_, '_> {
         HelloOutcome::Taken
     }
 
-    /// The checks of a link's first hello: a replica that is its key's and not ours,
-    /// and our registered types.
+    /// Ends the older link `entity` (to `peer`) of `replica`, which proved itself on a
+    /// newer one: told why, refused, and left if it had joined.
+    fn replace_link(
+        &mut self,
+        entity: Entity,
+        peer: PeerId,
+        replica: ReplicaId,
+        was_connected: bool,
+        io: &mut TransportIo,
+    ) {
+        let reason = RejectReason::ReplicaConnected(replica);
+        warn!("ending the older link to peer `{peer}`: {reason}");
+        if let Ok(frame) = wire::encode(&Message::Bye(reason.to_string())) {
+            io.send(Packet {
+                peer,
+                channel: Channel::Reliable,
+                bytes: frame,
+            });
+        }
+        self.commands
+            .entity(entity)
+            .insert(PeerLink::Rejected(reason.clone()))
+            .remove::<PeerReplica>();
+        self.rejected.write(PeerRejected { peer, reason });
+        if was_connected {
+            self.left.write(PeerLeft {
+                peer,
+                replica: Some(replica),
+                was_connected,
+            });
+        }
+    }
+
+    /// The checks of a link's first hello: a replica that is its key's, and our
+    /// registered types.
     fn check_first(&self, hello: &Hello) -> Result<(), RejectReason> {
-        let me = self.local.replica();
         if !ReplicaId(hello.replica).is_valid() {
             return Err(RejectReason::Malformed("replica id past 2^53 - 1".into()));
         }
@@ -419,9 +469,6 @@ impl Hellos<'_, '_> {
             return Err(RejectReason::Malformed(
                 "its replica id is not its key's".into(),
             ));
-        }
-        if hello.replica == me.0 {
-            return Err(RejectReason::SameReplica(me));
         }
         check_hello(&self.registry, hello)
     }
@@ -459,7 +506,7 @@ impl Hellos<'_, '_> {
     ) {
         let was_connected = *link == PeerLink::Connected;
         if let Some(replica) = replica
-            && self.replicas.0.get(&replica) == Some(&entity)
+            && self.replicas.0.get(&replica).map(|(e, _)| *e) == Some(entity)
         {
             self.replicas.0.remove(&replica);
         }
@@ -537,16 +584,33 @@ fn reject(
 pub(crate) fn repeat_hellos(
     time: Res<Time<Real>>,
     mut io: ResMut<TransportIo>,
-    registry: Res<SyncRegistry>,
-    local: Res<LocalPeer>,
-    config: Res<super::SessionConfig>,
+    (registry, local, config): (Res<SyncRegistry>, Res<LocalPeer>, Res<super::SessionConfig>),
     mut fresh_docs: ResMut<FreshJoin>,
-    mut peers: Query<(&Peer, &PeerLink, &mut super::Inbound)>,
+    mut peers: Query<(&Peer, &mut PeerLink, &mut super::Inbound)>,
+    mut rejected: MessageWriter<PeerRejected>,
 ) {
     let now = time.elapsed();
-    for (peer, link, mut inbound) in &mut peers {
+    for (peer, mut link, mut inbound) in &mut peers {
         let handshake = &mut inbound.handshake;
-        if matches!(link, PeerLink::Rejected(_)) || !handshake.due(now) {
+        if matches!(*link, PeerLink::Rejected(_)) {
+            continue;
+        }
+        // A link that never proves itself is not kept open (a stranger's parked
+        // links, a peer that went silent mid-handshake).
+        if *link == PeerLink::Handshaking
+            && handshake
+                .started
+                .is_some_and(|at| now.saturating_sub(at) >= HANDSHAKE_TIMEOUT)
+        {
+            reject(
+                peer.id,
+                &mut link,
+                RejectReason::HandshakeTimeout,
+                &mut rejected,
+            );
+            continue;
+        }
+        if !handshake.due(now) {
             continue;
         }
         debug!("hello to peer `{}`", peer.id);
