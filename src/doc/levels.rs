@@ -257,23 +257,24 @@ impl Watch {
 const HOPS_PER_LEVEL: u32 = 8;
 const HOPS_SLACK: u32 = 4096;
 
-/// Runs of items of each client at one level: start clock to (end clock, level).
+/// Runs of items at one level: (client, start clock) to (end clock, level). One map
+/// for all clients (a map per client cost a tree node, some 450 bytes, for each client
+/// of one block: 60 times the bytes a hostile update spends on it).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Runs {
-    clients: HashMap<u64, BTreeMap<u32, (u32, Level)>>,
+    runs: BTreeMap<(u64, u32), (u32, Level)>,
 }
 
 impl Lookup for Runs {
     fn find(&self, (client, clock): Id) -> Option<Level> {
-        let runs = self.clients.get(&client)?;
-        let (_, &(end, level)) = runs.range(..=clock).next_back()?;
-        (clock < end).then_some(level)
+        let (&(c, _), &(end, level)) = self.runs.range(..=(client, clock)).next_back()?;
+        (c == client && clock < end).then_some(level)
     }
 }
 
 impl Runs {
     fn len(&self) -> usize {
-        self.clients.values().map(BTreeMap::len).sum()
+        self.runs.len()
     }
 
     /// Records `level` for items `start..end` of `client`, none of which is recorded:
@@ -282,15 +283,20 @@ impl Runs {
         if start >= end {
             return;
         }
-        let runs = self.clients.entry(client).or_default();
-        if let Some((_, last)) = runs.range_mut(..start).next_back()
+        if let Some((&(c, _), last)) = self.runs.range_mut(..(client, start)).next_back()
+            && c == client
             && last.0 == start
             && last.1 == level
         {
             last.0 = end;
             return;
         }
-        runs.insert(start, (end, level));
+        self.runs.insert((client, start), (end, level));
+    }
+
+    /// The end of the run of `client` that starts at `start`.
+    fn end_of(&self, client: u64, start: u32) -> Option<u32> {
+        self.runs.get(&(client, start)).map(|run| run.0)
     }
 
     /// Recorded runs of `client` that overlap `start..end`: (start, end, level), in
@@ -301,17 +307,33 @@ impl Runs {
         start: u32,
         end: u32,
     ) -> impl Iterator<Item = (u32, u32, Level)> + '_ {
-        let runs = self.clients.get(&client);
-        let before = runs
-            .and_then(|runs| runs.range(..start).next_back())
-            .filter(|(_, (run_end, _))| *run_end > start);
+        let before = self
+            .runs
+            .range(..(client, start))
+            .next_back()
+            .filter(|((c, _), (run_end, _))| *c == client && *run_end > start);
         before
             .into_iter()
-            .chain(
-                runs.into_iter()
-                    .flat_map(move |runs| runs.range(start..end)),
-            )
-            .map(|(&run_start, &(run_end, level))| (run_start, run_end, level))
+            .chain(self.runs.range((client, start)..(client, end.max(start))))
+            .map(|(&(_, run_start), &(run_end, level))| (run_start, run_end, level))
+    }
+
+    /// Forgets what `client` has recorded from `from` on.
+    fn truncate(&mut self, client: u64, from: u32) {
+        if let Some((&key, &(end, level))) = self.runs.range(..(client, from)).next_back()
+            && key.0 == client
+            && end > from
+        {
+            self.runs.insert(key, (from, level));
+        }
+        let after: Vec<(u64, u32)> = self
+            .runs
+            .range((client, from)..=(client, u32::MAX))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in after {
+            self.runs.remove(&key);
+        }
     }
 }
 
@@ -560,7 +582,7 @@ pub(crate) struct Levels {
     stalled: HashMap<u64, BTreeMap<u32, Vec<Watch>>>,
     stalled_count: usize,
     /// Collected blocks recorded while yrs kept them pending: client and first clock.
-    collecting: Vec<(u64, u32)>,
+    collecting: HashMap<u64, std::collections::BTreeSet<u32>>,
     /// Collected blocks looked at to tell whether yrs has placed them (a count, for
     /// the tests of what that costs).
     collected_visits: u64,
@@ -591,7 +613,16 @@ impl Levels {
                     budget -= 1;
                     let said = settle(level, shape, &self.runs, &mut budget);
                     let was = settle(recorded, shape, &self.runs, &mut budget);
-                    let collected = said == Settled::Known(0) || was == Settled::Known(0);
+                    // A collected block agrees with any description: described as one
+                    // here (another peer collected what this one holds), or recorded as
+                    // one (placed at 0, or pending). An item that merely sits at 0,
+                    // beside a collected block, is no collected block: described so
+                    // over a recorded type, yrs keeps the type and what nests in the
+                    // description goes into it; recorded so (as not to be nested in),
+                    // it agrees only with a description at 0.
+                    let collected = level == Level::Collected
+                        || matches!(recorded, Level::Known(0) | Level::Collected)
+                        || (said == Settled::Known(0) && was == Settled::Disputed);
                     if (said != was && !collected) || said == Settled::Disputed {
                         return Admission::TooDeep;
                     }
@@ -644,13 +675,17 @@ impl Levels {
                     self.record_run(*client, start, split, Level::Known(0));
                     if split < end {
                         self.record_run(*client, split, end, Level::Collected);
-                        self.collecting.push((*client, split));
+                        self.collecting.entry(*client).or_default().insert(split);
                     }
                     continue;
                 }
                 // (Out of budget, it is kept as it was: correct, only longer to read.)
                 let level = match settle(level, shape, &self.runs, &mut budget) {
                     Settled::Disputed if budget == 0 => level,
+                    // An item at 0 sits beside a collected block: where yrs puts it
+                    // depends on its other origin, so nothing is to nest in it (and
+                    // `Known(0)` stays what it says: a collected block placed).
+                    Settled::Known(0) => Level::Disputed,
                     settled => Level::collapsed(settled),
                 };
                 self.record_run(*client, start, end, level);
@@ -726,8 +761,7 @@ impl Levels {
                 _ => false,
             };
             if start < end && replaced {
-                let runs = self.runs.clients.entry(client).or_default();
-                runs.remove(&run_start);
+                self.runs.runs.remove(&(client, run_start));
                 let (from, to) = (run_start.max(start), run_end.min(end));
                 self.runs.push(client, run_start, from, recorded);
                 self.runs.push(client, to, run_end, recorded);
@@ -751,24 +785,37 @@ impl Levels {
     /// Records at 0 the collected blocks yrs kept pending and has now integrated
     /// (before `integrated(client)`), whichever update brought what they waited for.
     pub(crate) fn place_collected(&mut self, integrated: impl Fn(u64) -> u32) {
-        let collecting = std::mem::take(&mut self.collecting);
-        self.collected_visits += collecting.len() as u64;
-        for (client, start) in collecting {
+        // Per client, only the blocks below what yrs has integrated of it: one look for
+        // a client none of whose blocks went in.
+        let clients: Vec<u64> = self.collecting.keys().copied().collect();
+        for client in clients {
             let placed = integrated(client);
-            let Some(Level::Collected) = self.runs.find((client, start)) else {
+            self.collected_visits += 1;
+            let Some(starts) = self.collecting.get_mut(&client) else {
                 continue;
             };
-            let end = self
-                .runs
-                .clients
-                .get(&client)
-                .and_then(|runs| runs.get(&start).map(|run| run.0))
-                .unwrap_or(start);
-            if placed > start {
-                self.record_run(client, start, end.min(placed), Level::Known(0));
+            if starts.first().is_none_or(|&first| first >= placed) {
+                continue;
             }
-            if placed < end {
-                self.collecting.push((client, placed.max(start)));
+            let rest = starts.split_off(&placed);
+            let taken = std::mem::replace(starts, rest);
+            self.collected_visits += taken.len() as u64;
+            for start in taken {
+                let Some(Level::Collected) = self.runs.find((client, start)) else {
+                    continue;
+                };
+                let end = self.runs.end_of(client, start).unwrap_or(start);
+                self.record_run(client, start, end.min(placed), Level::Known(0));
+                if placed < end {
+                    self.collecting.entry(client).or_default().insert(placed);
+                }
+            }
+            if self
+                .collecting
+                .get(&client)
+                .is_some_and(|starts| starts.is_empty())
+            {
+                self.collecting.remove(&client);
             }
         }
     }
@@ -792,16 +839,12 @@ impl Levels {
     /// Forgets what was recorded past `known` (items yrs was given and then gave up,
     /// still pending when what they build on never came), and the stalled types.
     pub(crate) fn forget_from(&mut self, known: &yrs::StateVector) {
-        for (client, runs) in self.runs.clients.iter_mut() {
-            let from = known.get(&yrs::block::ClientID::new(*client));
-            if let Some((&key, &(end, level))) = runs.range(..from).next_back()
-                && end > from
-            {
-                runs.insert(key, (from, level));
-            }
-            runs.split_off(&from);
+        let mut clients: Vec<u64> = self.runs.runs.keys().map(|&(client, _)| client).collect();
+        clients.dedup();
+        for client in clients {
+            self.runs
+                .truncate(client, known.get(&yrs::block::ClientID::new(client)));
         }
-        self.runs.clients.retain(|_, runs| !runs.is_empty());
         self.clear_stalled();
     }
 
@@ -971,8 +1014,11 @@ mod tests {
         let lie = shape(&[(1, 5, 6, Level::Known(1))], &[]);
         assert_eq!(levels.admit(&lie), Admission::TooDeep);
         // Sent as collected (a peer that took the deletion of their parent does).
-        let collected = shape(&[(1, 5, 6, Level::Known(0))], &[]);
+        let collected = shape(&[(1, 5, 6, Level::Collected)], &[]);
         assert_eq!(levels.admit(&collected), Admission::Admitted);
+        // As an item at 0 (beside a collected block): no collected block, refused.
+        let at_zero = shape(&[(1, 5, 6, Level::Known(0))], &[]);
+        assert_eq!(levels.admit(&at_zero), Admission::TooDeep);
         let honest = shape(
             &[(1, 5, 12, Level::Known(30)), (2, 0, 1, nested)],
             &[((2, 0), nested)],

@@ -168,11 +168,16 @@ impl Pass<'_> {
             ends.iter().any(|(client, end)| known.get(client) < *end)
         });
         let watch = self.watch.get_or_insert_with(PendingWatch::default);
-        if !stalled {
-            return drained;
+        if !stalled && !drained {
+            return false;
         }
+        // One that stalls is merged into what is pending; one that lets some of it in
+        // (or makes yrs retry it: what it waits for moved) costs a walk of it, here and
+        // in yrs. Either counts.
         watch.merges += 1;
-        watch.bytes += size;
+        if stalled {
+            watch.bytes += size;
+        }
         if watch.merges > MAX_PENDING_MERGES
             || watch.bytes > self.limits.max_waiting_bytes
             || self.levels.stalled_types() > MAX_STALLED_TYPES

@@ -353,22 +353,73 @@ pub fn collected_left_origin_beside_a_held_item(
 }
 
 /// A seventh review's recipe: one update of client `client` that yrs keeps pending
-/// (its first block builds on an item never sent), holding `pairs` collected blocks,
-/// each followed by a deleted item (so that each is a run of its own).
-pub fn pending_collected_blocks(client: u64, pairs: u64) -> Vec<u8> {
+/// (its first block builds on item `on`, not sent yet), holding `pairs` collected
+/// blocks, each followed by a deleted item (so that each is a run of its own).
+pub fn pending_collected_blocks(client: u64, pairs: u64, on: (u64, u64)) -> Vec<u8> {
     let mut update = vec![1];
     varint(&mut update, 1 + 2 * pairs);
     varint(&mut update, client);
     update.push(0);
     update.push(0x81);
-    varint(&mut update, 999_999);
-    update.extend([5, 1]);
+    varint(&mut update, on.0);
+    varint(&mut update, on.1);
+    update.push(1);
     for k in 0..pairs {
         update.extend([0, 1]);
         update.push(0x81);
         varint(&mut update, client);
         varint(&mut update, 1 + 2 * k);
         update.push(1);
+    }
+    update.push(0);
+    update
+}
+
+/// An eighth review's recipe, all of one client (so it may go live): a collected block
+/// at clock 0, a chain of 32 arrays (clocks 1 to 32, the first under root `a`), then
+/// `rounds` updates each describing the last round's deepest array again, as a
+/// deleted item beside the collected block (level 0), with 32 arrays nested in it. yrs
+/// keeps the array (it holds those clocks) and nests the 32 in it; counted from the
+/// description, they started again from 0, and each round went 32 deeper.
+pub fn type_redescribed_beside_a_collected_block(client: u64, rounds: u64) -> Vec<Vec<u8>> {
+    let mut gc = vec![1, 1];
+    varint(&mut gc, client);
+    gc.extend([0, 0, 1, 0]);
+    let mut chain = vec![1, 32];
+    varint(&mut chain, client);
+    chain.push(1);
+    array_in(&mut chain, None);
+    for clock in 2..=32 {
+        array_in(&mut chain, Some((client, clock - 1)));
+    }
+    chain.push(0);
+    let mut out = vec![gc, chain];
+    for round in 1..=rounds {
+        let over = 32 * round;
+        let mut update = vec![1, 33];
+        varint(&mut update, client);
+        varint(&mut update, over);
+        update.push(0x81);
+        varint(&mut update, client);
+        update.extend([0, 1]);
+        for clock in over + 1..=over + 32 {
+            array_in(&mut update, Some((client, clock - 1)));
+        }
+        update.push(0);
+        out.push(update);
+    }
+    out
+}
+
+/// An eighth review's recipe: `clients` clients from `first` on, one collected block
+/// each (about 7 bytes a client).
+pub fn one_block_clients(first: u64, clients: u64) -> Vec<u8> {
+    let mut update = Vec::new();
+    varint(&mut update, clients);
+    for client in first..first + clients {
+        update.push(1);
+        varint(&mut update, client);
+        update.extend([0, 0, 1]);
     }
     update.push(0);
     update

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use bevy_peer_sync::testing::hostile::{
     collected_left_origin_beside_a_held_item, collected_left_origins, collected_over_a_type,
     deep_types, deep_types_across_clients, deep_types_across_updates, deep_types_across_updates_in,
-    doc_body, drained_collected_left_origins, nested_map_bomb, pending_collected_block_retaken,
-    pending_collected_blocks, squash_run, state_vector_bomb, update_building_on_nothing, varint,
-    wrapped_length,
+    doc_body, drained_collected_left_origins, nested_map_bomb, one_block_clients,
+    pending_collected_block_retaken, pending_collected_blocks, squash_run, state_vector_bomb,
+    type_redescribed_beside_a_collected_block, update_building_on_nothing, varint, wrapped_length,
 };
 
 use crate::support::alloc::peak_during;
@@ -638,31 +638,89 @@ fn a_type_beside_a_pending_collected_block_is_refused() {
 /// A seventh review's recipe: 100,000 collected blocks yrs keeps pending (about 1 MB),
 /// then 1,000 updates of 11 bytes that go in beside them. Each update looked at every
 /// pending collected block to tell whether yrs had placed it (100,200,000 looks, 217 s
-/// in this debug test on `30605f7`); now only an update that lets some of what is pending in does.
+/// in this debug test on `30605f7`). An eighth review's variant: the pending blocks
+/// wait for a clock of the very client whose updates come, so each makes yrs retry
+/// them. Now a look is per client, and its blocks only once yrs has integrated them.
 #[test]
 fn pending_collected_blocks_are_not_walked_by_every_update() {
-    let mut room = TestRoom::new(106);
+    for on in [(999_999, 5), (9_801, 1_000_000)] {
+        let mut room = TestRoom::new(106);
+        let a = room.add_peer(with_score);
+        let b = room.add_peer(with_score);
+        assert!(room.step_until(10, TestRoom::fully_connected));
+        room.step_n(3);
+        let pending = pending_collected_blocks(9_800, 100_000, on);
+        assert!(pending.len() < 1_100_000, "{}", pending.len());
+        inject(&mut room, a, b, doc_body(0, 1, &pending));
+        room.step();
+        for k in 0..1_000u64 {
+            let mut tick = vec![1, 1];
+            varint(&mut tick, 9_801);
+            varint(&mut tick, k);
+            tick.extend([4, 1, 1, b't', 1, b'x', 0]);
+            inject(&mut room, a, b, doc_body(0, 1, &tick));
+        }
+        room.step_n(2);
+        let doc = room.app(b).world().resource::<SharedDoc>();
+        assert_eq!(doc.text_string("t").len(), 1_000);
+        let visits = bevy_peer_sync::internals::collected_visits(doc);
+        assert!(visits <= 10_000, "{on:?}: {visits} looks");
+    }
+}
+
+/// An eighth review's recipe, live from the sender's own client: its deepest array
+/// described again as an item beside a collected block (level 0), 32 arrays nested in
+/// the description. yrs keeps the array and nests the 32 in it; an item at 0 passed
+/// for a collected block (which agrees with any level), so they counted from 0 and each
+/// round went 32 deeper (129 deep after three on `d51e13a`). Only a collected block
+/// agrees with any description now: refused.
+#[test]
+fn a_type_described_again_beside_a_collected_block_is_refused() {
+    let mut room = TestRoom::new(107);
     let a = room.add_peer(with_score);
     let b = room.add_peer(with_score);
     assert!(room.step_until(10, TestRoom::fully_connected));
     room.step_n(3);
-    let pending = pending_collected_blocks(9_800, 100_000);
-    assert!(pending.len() < 1_100_000, "{}", pending.len());
-    inject(&mut room, a, b, doc_body(0, 1, &pending));
-    room.step();
-    for k in 0..1_000u64 {
-        let mut tick = vec![1, 1];
-        varint(&mut tick, 9_801);
-        varint(&mut tick, k);
-        tick.extend([4, 1, 1, b't', 1, b'x', 0]);
-        inject(&mut room, a, b, doc_body(0, 1, &tick));
+    let client = bevy_peer_sync::internals::writes_as(room.app(a).world(), 0);
+    for update in type_redescribed_beside_a_collected_block(client, 3) {
+        inject(&mut room, a, b, doc_body(0, 2, &update));
+        room.step();
     }
-    room.step_n(2);
-    let doc = room.app(b).world().resource::<SharedDoc>();
-    assert_eq!(doc.text_string("t").len(), 1_000);
-    assert!(bevy_peer_sync::internals::pending_in_yrs(doc));
-    let visits = bevy_peer_sync::internals::collected_visits(doc);
-    assert!(visits <= 100_000, "{visits} looks");
+    room.step_n(3);
+    let depth = depth_under_a(
+        &mut room
+            .app_mut(b)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    );
+    assert_eq!(depth, 33, "the chain of 32 under the root array, no more");
+    assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
+}
+
+/// An eighth review's recipe: 100,000 clients of one collected block each (about
+/// 700 KB, as catch-up). The level index kept a map per client, a tree node of some
+/// 450 bytes each: the frame's peak was 86 MB (123 times the bytes) on `d51e13a`; now
+/// one map for all clients, 50 MB (72 times). Most of what is left is yrs's own per
+/// client, which the check's estimate (`Cost::CLIENT`) puts lower than it is: a gap
+/// to close without refusing honest rooms of many short sessions.
+#[test]
+fn many_clients_of_one_block_cost_the_index_little() {
+    let mut room = TestRoom::new(108);
+    let a = room.add_peer(with_score);
+    let b = room.add_peer(with_score);
+    assert!(room.step_until(10, TestRoom::fully_connected));
+    room.step_n(3);
+    let update = one_block_clients(1_000_000, 100_000);
+    inject(&mut room, a, b, doc_body(0, 1, &update));
+    let ((), peak) = peak_during(|| room.step());
+    let runs = bevy_peer_sync::internals::level_runs(room.app(b).world().resource::<SharedDoc>());
+    assert_eq!(runs, 100_000);
+    assert!(
+        peak < 80 * update.len(),
+        "{peak} bytes for {} sent",
+        update.len()
+    );
 }
 
 /// JSON content (which yrs reads one string longer than it writes, so one relayed
