@@ -15,7 +15,6 @@ use bevy_peer_sync::persistence::decode_save;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
 use bevy_peer_sync::yrs::Text;
-use bytes::Bytes;
 
 use bevy_peer_sync::testing::hostile::{
     collected_left_origin_beside_a_held_item, collected_left_origins, collected_over_a_type,
@@ -26,21 +25,7 @@ use bevy_peer_sync::testing::hostile::{
 };
 
 use crate::support::alloc::peak_during;
-use crate::support::drops;
-
-/// Sends `body` as a `Doc` message from peer `from` straight onto peer `to`'s transport.
-fn inject(room: &mut TestRoom, from: usize, to: usize, body: Vec<u8>) {
-    let from = room.peer_id(from).unwrap();
-    let mut io = room.app_mut(to).world_mut().resource_mut::<TransportIo>();
-    for bytes in wire::fragment(wire::encode(&Message::Doc(Bytes::from(body))).unwrap(), 7).unwrap()
-    {
-        io.insert_received(Packet {
-            peer: from,
-            channel: Channel::Reliable,
-            bytes,
-        });
-    }
-}
+use crate::support::{drops, inject};
 
 /// A y-sync step 1 of 10 bytes on the wire whose state vector declares 2^25 entries:
 /// refused before yrs reserves anything (it reserved and zeroed 64 MiB, about 90 ms).
@@ -270,6 +255,17 @@ fn depth_under_a(txn: &mut bevy_peer_sync::yrs::TransactionMut) -> usize {
     deepest
 }
 
+/// [`depth_under_a`] of peer `peer`'s shared document.
+fn shared_depth(room: &mut TestRoom, peer: usize) -> usize {
+    depth_under_a(
+        &mut room
+            .app_mut(peer)
+            .world_mut()
+            .resource::<SharedDoc>()
+            .transact_mut(),
+    )
+}
+
 /// Shared types nested across updates: 1,000 updates of 30 types each, the first in
 /// the last of the update before, then one deleting the outermost, on both documents,
 /// live and as catch-up. Each update alone is within the limit of one; together they
@@ -404,13 +400,7 @@ fn a_type_beside_a_collected_left_origin_counts_at_its_right_one() {
         inject(&mut room, a, b, doc_body(0, 1, &update));
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(
         depth, 33,
         "the first round's chain under the root array, no more"
@@ -437,13 +427,7 @@ fn a_pending_collected_block_taken_over_by_a_type_counts_at_the_type() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(
         depth, 33,
         "the chain of 31 and the array, not the 31 nested in it"
@@ -478,13 +462,7 @@ fn types_nested_in_a_pending_collected_block_are_watched() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert!(
         depth <= bevy_peer_sync::doc::MAX_SETTLED_DEPTH as usize + 1,
         "{depth} deep"
@@ -517,13 +495,7 @@ fn a_collected_block_over_a_held_type_does_not_hide_it() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(
         depth, 33,
         "the first chain of 32 under the root array, no more"
@@ -550,13 +522,7 @@ fn a_drained_pending_collected_block_as_left_origin_counts_at_the_right_one() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(depth, 2, "the root array and the array in it, no more");
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }
@@ -591,13 +557,7 @@ fn a_type_beside_a_block_collected_in_its_own_update_is_refused() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(depth, 33, "the chain of 32 under the root array, no more");
     assert_eq!(drops(&mut room, b, DropReason::Malformed), 4);
 }
@@ -624,13 +584,7 @@ fn a_type_beside_a_pending_collected_block_is_refused() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(depth, 2, "the root array and the array in it, no more");
     assert_eq!(drops(&mut room, b, DropReason::Malformed), 4);
 }
@@ -687,13 +641,7 @@ fn a_type_described_again_beside_a_collected_block_is_refused() {
         room.step();
     }
     room.step_n(3);
-    let depth = depth_under_a(
-        &mut room
-            .app_mut(b)
-            .world_mut()
-            .resource::<SharedDoc>()
-            .transact_mut(),
-    );
+    let depth = shared_depth(&mut room, b);
     assert_eq!(depth, 33, "the chain of 32 under the root array, no more");
     assert!(drops(&mut room, b, DropReason::Malformed) >= 1);
 }

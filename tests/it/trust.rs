@@ -15,7 +15,7 @@ use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::{PeerOptions, TestRoom};
 use bevy_peer_sync::yrs::{Text, Transact};
 
-use crate::support::drops;
+use crate::support::{drops, inject};
 
 /// Steps `frames` frames; what each peer refused meanwhile.
 fn steps(room: &mut TestRoom, frames: usize) -> Vec<Vec<RejectReason>> {
@@ -311,19 +311,7 @@ fn a_live_update_with_another_authors_blocks_is_refused() {
     varint(&mut update, 1_000);
     update.push(0);
     assert!(update.len() <= 15, "{}", update.len());
-    let m_id = room.peer_id(m).unwrap();
-    let body = doc_body(0, 2, &update);
-    let frames = wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap();
-    for bytes in frames {
-        room.app_mut(a)
-            .world_mut()
-            .resource_mut::<TransportIo>()
-            .insert_received(Packet {
-                peer: m_id,
-                channel: Channel::Reliable,
-                bytes,
-            });
-    }
+    inject(&mut room, m, a, doc_body(0, 2, &update));
     room.step();
     assert_eq!(drops(&mut room, a, DropReason::NotOwner), 1);
     write(&mut room, "second");
@@ -363,21 +351,9 @@ fn an_entity_update_writing_another_root_is_refused() {
         update.push(0);
         update
     };
-    let m_id = room.peer_id(m).unwrap();
     let own = writes_as(room.app(m).world(), 1);
     for (kind, client) in [(2, own), (1, 5_555)] {
-        let body = doc_body(1, kind, &junk(client));
-        let frames = wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap();
-        for bytes in frames {
-            room.app_mut(a)
-                .world_mut()
-                .resource_mut::<TransportIo>()
-                .insert_received(Packet {
-                    peer: m_id,
-                    channel: Channel::Reliable,
-                    bytes,
-                });
-        }
+        inject(&mut room, m, a, doc_body(1, kind, &junk(client)));
         room.step_n(2);
     }
     assert_eq!(drops(&mut room, a, DropReason::Unknown), 2);
@@ -425,18 +401,7 @@ fn an_unasked_step_2_is_refused() {
     update.extend([0, 4, 1, 1, b't', 8]);
     update.extend(b"graffiti");
     update.push(0);
-    let m_id = room.peer_id(m).unwrap();
-    let body = doc_body(0, 1, &update);
-    for bytes in wire::fragment(wire::encode(&Message::Doc(body.into())).unwrap(), 1).unwrap() {
-        room.app_mut(a)
-            .world_mut()
-            .resource_mut::<TransportIo>()
-            .insert_received(Packet {
-                peer: m_id,
-                channel: Channel::Reliable,
-                bytes,
-            });
-    }
+    inject(&mut room, m, a, doc_body(0, 1, &update));
     room.step_n(2);
     assert_eq!(drops(&mut room, a, DropReason::Unasked), 1);
     assert_eq!(

@@ -90,6 +90,9 @@ pub(crate) struct Handshake {
     pub(super) theirs: Option<ReplicaId>,
     /// What the peer's first hello said of its keys and nonce.
     their_side: Option<Side>,
+    /// The yrs client ids it writes the documents with (by document id), from its
+    /// session key, once its hello was taken.
+    their_clients: Option<[u64; 2]>,
     /// Our nonce for this link.
     our_nonce: Nonce,
     /// The peer has shown it has our hello.
@@ -111,6 +114,7 @@ impl Default for Handshake {
         Self {
             theirs: None,
             their_side: None,
+            their_clients: None,
             our_nonce: identity::random_bytes(),
             ours_heard: false,
             last_sent: Duration::ZERO,
@@ -126,9 +130,7 @@ impl Default for Handshake {
 impl Handshake {
     /// The yrs client id the peer writes document `doc` with, once its hello was taken.
     pub(crate) fn their_client_id(&self, doc: u8) -> Option<u64> {
-        self.theirs?;
-        let side = self.their_side?;
-        Some(identity::client_id(&side.session, doc))
+        self.their_clients?.get(usize::from(doc)).copied()
     }
 
     /// Whether the peer sends us its whole state on joining (we said we were fresh),
@@ -390,8 +392,13 @@ impl Hellos<'_, '_> {
                 "hello from peer `{from}` proved replica `{replica}` (bevy_peer_sync `{}`)",
                 hello.crate_version
             );
+            // (Entries of links gone since are dropped: one per link ever proved.)
+            let links = &self.links;
+            self.replicas.0.retain(|_, (link, _)| links.contains(*link));
             self.replicas.0.insert(replica, (entity, from));
             handshake.theirs = Some(replica);
+            handshake.their_clients =
+                Some([0, 1].map(|doc| identity::client_id(&side.session, doc)));
             // The proof is over our nonce: they have our hello.
             handshake.ours_heard = true;
             None
