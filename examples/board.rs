@@ -182,7 +182,10 @@ fn run_player(room: &str, options: Options) {
         .init_resource::<ScriptClock>()
         .add_systems(Update, (track_cursor, drag_shapes).chain());
     if options.script {
-        app.add_systems(Update, run_script.before(track_cursor));
+        app.init_resource::<Refused>().add_systems(
+            Update,
+            (tally_refused, run_script).chain().before(track_cursor),
+        );
     }
     #[cfg(not(target_arch = "wasm32"))]
     if options.hostile {
@@ -232,6 +235,18 @@ fn spray(
     }
     if now > 120.0 {
         exit.write(AppExit::Success);
+    }
+}
+
+/// What each link refused, kept after the link is gone: a hostile peer that is told to
+/// leave takes its `PeerStats` with it, and the browser check counts what it sent.
+#[derive(Resource, Default)]
+struct Refused(std::collections::HashMap<Entity, u64>);
+
+fn tally_refused(stats: Query<(Entity, &PeerStats)>, mut refused: ResMut<Refused>) {
+    for (link, stats) in &stats {
+        let count = refused.0.entry(link).or_default();
+        *count = (*count).max(stats.dropped_total());
     }
 }
 
@@ -589,7 +604,7 @@ fn run_script(
     shapes: Query<(&NetId, &Shape, &Transform)>,
     net: Res<NetEntities>,
     peers: Query<&PeerPresence>,
-    stats: Query<&PeerStats>,
+    refused: Res<Refused>,
     mut exit: MessageWriter<AppExit>,
 ) {
     let now = time.elapsed_secs();
@@ -672,7 +687,7 @@ fn run_script(
         let state = lines.join("\n") + "\n";
         // What this player refused from peers (a hostile one's spray, in the browser
         // check): on the `sees` line, which differs between players.
-        let refused: u64 = stats.iter().map(PeerStats::dropped_total).sum();
+        let refused: u64 = refused.0.values().sum();
         let peers_line = format!("sees {names:?}, refused {refused}\n");
         write_state(&options, &(state + &peers_line));
     }
