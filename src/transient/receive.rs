@@ -117,27 +117,26 @@ pub(super) fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync +
     let now = time.elapsed();
     let index = kind.index;
     let codec = kind.codec;
-    let mut mine = Vec::new();
-    state.incoming.retain(|incoming| {
-        if incoming.type_index == index {
-            mine.push((
-                incoming.from,
-                incoming.id,
-                incoming.tick,
-                incoming.bytes.clone(),
-            ));
-            false
-        } else {
-            true
-        }
-    });
+    // This type's entries, moved out (not cloned: a clone of each value's bytes cost
+    // two atomic counts per value).
+    let (mine, others): (Vec<Incoming>, Vec<Incoming>) = std::mem::take(&mut state.incoming)
+        .into_iter()
+        .partition(|incoming| incoming.type_index == index);
+    state.incoming = others;
     let mut count_drop = |peer: PeerId, reason: DropReason| {
         if let Some(mut stats) = peers.entity(peer).and_then(|e| stats.get_mut(e).ok()) {
             stats.count_drop(reason);
         }
     };
-    let mut values: Vec<Pending<T>> = Vec::new();
-    for (from, id, tick, bytes) in mine {
+    let mut values: Vec<Pending<T>> = Vec::with_capacity(mine.len());
+    for Incoming {
+        from,
+        id,
+        tick,
+        bytes,
+        ..
+    } in mine
+    {
         match (codec.decode)(&bytes, codec.param) {
             Some(value) => values.push(Pending {
                 from,

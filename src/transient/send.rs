@@ -38,21 +38,23 @@ pub(super) fn advance_send_clock(
     }
 }
 
+/// Replicated entities whose `T` changed since the system last ran.
+type ChangedValues<T> = (Changed<T>, With<NetId>);
+
 /// Marks changed owned values and, on a send tick, stages what goes out.
 pub(super) fn stage_transient<T: Component>(
     mut kind: ResMut<TransientType<T>>,
     mut state: ResMut<TransientState>,
     config: Res<TransientConfig>,
     local: Res<LocalPeer>,
-    changed: Query<Entity, Changed<T>>,
+    changed: Query<(Entity, &Owner), ChangedValues<T>>,
     owned: Query<(Entity, &NetId, &Owner, &T)>,
 ) {
     let me = Some(local.replica());
-    for entity in &changed {
-        if owned
-            .get(entity)
-            .is_ok_and(|(_, _, owner, _)| owner.0 == me)
-        {
+    // One pass over the changed values, not a lookup of each: on a receiver every
+    // remote value changes every frame and none is its own.
+    for (entity, owner) in &changed {
+        if owner.0 == me {
             kind.resend.insert(entity, config.resend_ticks + 1);
         }
     }

@@ -185,6 +185,8 @@ impl SmoothAppExt for App {
 
 /// Replicated entities without a buffer for `T` yet.
 type Unbuffered<T> = (With<NetId>, Without<Interpolated<T>>);
+/// Buffered entities whose owner changed since the system last ran.
+type Rebuffered<T> = (With<Interpolated<T>>, Changed<Owner>);
 
 /// Gives remote-owned entities a buffer, and takes it from locally owned ones.
 fn attach_buffers<T: Component + Smooth>(
@@ -192,7 +194,9 @@ fn attach_buffers<T: Component + Smooth>(
     settings: Res<Smoothing<T>>,
     local: Res<LocalPeer>,
     without: Query<(Entity, &Owner), Unbuffered<T>>,
-    with: Query<(Entity, &Owner), With<Interpolated<T>>>,
+    // Only entities whose owner changed: the others keep what they have (this ran
+    // over every buffered entity every frame).
+    with: Query<(Entity, &Owner), Rebuffered<T>>,
 ) {
     let me = Some(local.replica());
     for (entity, owner) in &without {

@@ -199,8 +199,23 @@ pub fn measure_quantized(bytes: &[u8]) -> Option<usize> {
     (len <= bytes.len()).then_some(len)
 }
 
-/// The transient codec for an encoding.
-pub(crate) fn codec(encoding: TransformEncoding) -> TransientCodec<Transform> {
+/// The transient codec for an encoding: what [`sync_transform`] registers, for a game
+/// that registers `Transform` itself, e.g. without smoothing:
+///
+/// ```
+/// # use bevy::prelude::*;
+/// use bevy_peer_sync::prelude::*;
+/// use bevy_peer_sync::transient::transform_codec;
+///
+/// let mut app = App::new();
+/// app.add_plugins(MinimalPlugins)
+///     .add_plugins(PeerSyncPlugin::with_custom_transport());
+/// let encoding = TransformEncoding::Quantized { position_precision: 0.01 };
+/// app.sync_transient_with::<Transform>("Transform@0.01", transform_codec::codec(encoding));
+/// ```
+///
+/// [`sync_transform`]: crate::transient::TransientAppExt::sync_transform
+pub fn codec(encoding: TransformEncoding) -> TransientCodec<Transform> {
     match encoding {
         TransformEncoding::Lossless => TransientCodec {
             encode: |t, _, out| encode_lossless(t, out),

@@ -12,6 +12,7 @@ use bevy_peer_sync::net::transport::Packet;
 use bevy_peer_sync::net::transport::memory::LinkConditioner;
 use bevy_peer_sync::prelude::*;
 use bevy_peer_sync::testing::TestRoom;
+use bevy_peer_sync::transient::smoothing::Interpolated;
 
 use crate::support::drops;
 use bytes::Bytes;
@@ -465,6 +466,12 @@ fn a_new_owner_with_a_younger_clock_is_followed_at_once() {
     room.step_n(10);
     let id = *room.app(old_owner).world().get::<NetId>(entity).unwrap();
     assert_eq!(cursor_of(&mut room, watcher, id), Some(Cursor { step: 1 }));
+    let buffered = |room: &TestRoom, peer: usize| {
+        let world = room.app(peer).world();
+        let e = world.resource::<NetEntities>().entity(id).unwrap();
+        world.get::<Interpolated<Transform>>(e).is_some()
+    };
+    assert!(buffered(&room, new_owner) && !buffered(&room, old_owner));
 
     let to = room
         .app(new_owner)
@@ -495,4 +502,7 @@ fn a_new_owner_with_a_younger_clock_is_followed_at_once() {
     let x = x_of(&room, watcher, id);
     assert!((x - 40.0).abs() < 0.02, "{x}");
     assert_eq!(drops(&mut room, watcher, DropReason::Stale), 0);
+    // The buffer follows the owner: the new owner shows its own values as they are,
+    // the old one plays the new owner's back.
+    assert!(!buffered(&room, new_owner) && buffered(&room, old_owner));
 }
