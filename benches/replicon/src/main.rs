@@ -6,6 +6,8 @@
 //! cd benches/replicon && cargo run --release            # 11 rounds
 //! cd benches/replicon && cargo run --release -- 3       # 3 rounds, quicker
 //! cd benches/replicon && cargo run --release -- 1 ours  # one run (N=1), to profile
+//! cd benches/replicon && EVICT=1 cargo run --release    # caches flushed before each
+//!                                                        # measured receiver frame
 //! ```
 //!
 //! Each round runs every configuration once, in an order that alternates between rounds,
@@ -90,6 +92,27 @@ fn transform_at(n: usize, tick: u32) -> Transform {
         rotation: Quat::from_rotation_z(n * 0.01 + t * 0.01),
         scale: Vec3::ONE,
     }
+}
+
+/// With `EVICT=1`: writes 64 MiB before the measured receiver's frame, as if many
+/// other apps had run since its last one. In one process, the N-1 other receivers of a
+/// room evict the measured one's data between its frames; this tells how much of a
+/// receiver's growth with N is that, not work.
+fn evict_caches() {
+    thread_local! {
+        static JUNK: std::cell::RefCell<Option<Vec<u64>>> = const { std::cell::RefCell::new(None) };
+    }
+    if std::env::var_os("EVICT").is_none_or(|v| v != "1") {
+        return;
+    }
+    JUNK.with(|junk| {
+        let mut junk = junk.borrow_mut();
+        let junk = junk.get_or_insert_with(|| vec![0; 8 << 20]);
+        for (n, word) in junk.iter_mut().enumerate() {
+            *word = word.wrapping_add(n as u64);
+        }
+        std::hint::black_box(&junk);
+    });
 }
 
 fn set_executor(app: &mut App, executor: Executor) {
@@ -178,6 +201,9 @@ fn ours(receivers: usize, executor: Executor, smoothing: bool) -> Figures {
             sender += start.elapsed();
         }
         for peer in 1..=receivers {
+            if peer == 1 {
+                evict_caches();
+            }
             let start = Instant::now();
             room.app_mut(peer).update();
             if peer == 1 && tick > WARMUP {
@@ -300,6 +326,9 @@ fn replicon(receivers: usize, executor: Executor) -> Figures {
         }
         for (n, client) in clients.iter_mut().enumerate() {
             server.exchange_with_client(client);
+            if n == 0 {
+                evict_caches();
+            }
             let start = Instant::now();
             client.update();
             if n == 0 && tick > WARMUP {
