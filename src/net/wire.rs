@@ -472,6 +472,12 @@ pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 /// Reads an LEB128 varint at `*at`, moving `*at` past it; `None` if it runs off the
 /// end or overflows 64 bits.
 pub fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    // Most varints on the wire (ids, lengths, small deltas) are one byte.
+    let first = *bytes.get(*at)?;
+    if first & 0x80 == 0 {
+        *at += 1;
+        return Some(u64::from(first));
+    }
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *bytes.get(*at)?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bevy::ecs::component::Mutable;
 use bevy::ecs::system::SystemParam;
 use bevy::platform::collections::HashMap;
+use bevy::platform::collections::hash_map::Entry;
 use bevy::prelude::*;
 
 use super::pack::{tick_after, unpack};
@@ -178,15 +179,21 @@ pub(super) fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync +
             count_drop(pending.from, DropReason::NotOwner);
             continue;
         }
-        let last = kind.applied.get(&pending.id).copied();
-        if last
-            .is_some_and(|(sender, last)| sender == pending.from && !tick_after(pending.tick, last))
-        {
-            count_drop(pending.from, DropReason::Stale);
-            continue;
+        // One lookup: the last applied tick is read and replaced in place.
+        let fresh = (pending.from, pending.tick);
+        match kind.applied.entry(pending.id) {
+            Entry::Occupied(mut last) => {
+                let (sender, tick) = *last.get();
+                if sender == pending.from && !tick_after(pending.tick, tick) {
+                    count_drop(pending.from, DropReason::Stale);
+                    continue;
+                }
+                last.insert(fresh);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(fresh);
+            }
         }
-        kind.applied
-            .insert(pending.id, (pending.from, pending.tick));
         if let Ok(mut buffer) = smoothing.get_mut(entity) {
             let sent = Duration::from_millis(u64::from(pending.tick));
             buffer.push_sample(pending.from, sent, now, pending.value);
