@@ -198,8 +198,9 @@ pub(crate) struct TransientState {
     pub(super) clock: Duration,
     pub(super) accumulator: Duration,
     pub(super) due: bool,
-    /// Entries decoded this frame: (sender, type index, id, tick, value bytes).
-    pub(super) incoming: Vec<Incoming>,
+    /// Entries decoded this frame, by type index (each type's apply system takes its
+    /// own, without walking the others').
+    pub(super) incoming: HashMap<u16, Vec<Incoming>>,
     /// Highest tick seen per sender (forgotten when it leaves).
     pub(super) last_tick: HashMap<PeerId, u32>,
     /// Entries staged for this send tick: (type index, id, value bytes).
@@ -208,7 +209,6 @@ pub(crate) struct TransientState {
 
 pub(crate) struct Incoming {
     pub(super) from: PeerId,
-    pub(super) type_index: u16,
     pub(super) id: NetId,
     pub(super) tick: u32,
     pub(super) bytes: Bytes,

@@ -63,15 +63,18 @@ pub(super) fn decode_transient(
         if last.is_none_or(|last| tick_after(tick, last)) {
             state.last_tick.insert(from, tick);
         }
-        state
-            .incoming
-            .extend(entries.into_iter().map(|(type_index, id, bytes)| Incoming {
-                from,
-                type_index,
-                id,
-                tick,
-                bytes,
-            }));
+        for (type_index, id, bytes) in entries {
+            state
+                .incoming
+                .entry(type_index)
+                .or_default()
+                .push(Incoming {
+                    from,
+                    id,
+                    tick,
+                    bytes,
+                });
+        }
     }
 }
 
@@ -120,10 +123,7 @@ pub(super) fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync +
     let codec = kind.codec;
     // This type's entries, moved out (not cloned: a clone of each value's bytes cost
     // two atomic counts per value).
-    let (mine, others): (Vec<Incoming>, Vec<Incoming>) = std::mem::take(&mut state.incoming)
-        .into_iter()
-        .partition(|incoming| incoming.type_index == index);
-    state.incoming = others;
+    let mine = state.incoming.remove(&index).unwrap_or_default();
     let mut count_drop = |peer: PeerId, reason: DropReason| {
         if let Some(mut stats) = peers.entity(peer).and_then(|e| stats.get_mut(e).ok()) {
             stats.count_drop(reason);
@@ -135,7 +135,6 @@ pub(super) fn apply_transient<T: Component<Mutability = Mutable> + Send + Sync +
         id,
         tick,
         bytes,
-        ..
     } in mine
     {
         match (codec.decode)(&bytes, codec.param) {

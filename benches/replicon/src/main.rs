@@ -461,21 +461,25 @@ fn main() {
         };
         let smoothed = Crate::Ours { smoothing: true };
         let plain = Crate::Ours { smoothing: false };
-        row("sender, ours / replicon", &|n| {
-            let (ours, _, _) = figure(smoothed, executor, n);
-            let (theirs, _, _) = figure(Crate::Replicon, executor, n);
-            format!("{ours:.0}/{theirs:.0} {:.2}x", ours / theirs)
-        });
-        row("receiver, ours smoothed / replicon", &|n| {
-            let (_, ours, _) = figure(smoothed, executor, n);
-            let (_, theirs, _) = figure(Crate::Replicon, executor, n);
-            format!("{ours:.0}/{theirs:.0} {:.2}x", ours / theirs)
-        });
-        row("receiver, ours without smoothing / replicon", &|n| {
-            let (_, ours, _) = figure(plain, executor, n);
-            let (_, theirs, _) = figure(Crate::Replicon, executor, n);
-            format!("{ours:.0}/{theirs:.0} {:.2}x", ours / theirs)
-        });
+        // One figure of ours against replicon's: "ours/theirs ratio".
+        let versus = |ours: Crate, pick: fn((f64, f64, f64)) -> f64| {
+            move |n: usize| {
+                let (ours, theirs) = (
+                    pick(figure(ours, executor, n)),
+                    pick(figure(Crate::Replicon, executor, n)),
+                );
+                format!("{ours:.0}/{theirs:.0} {:.2}x", ours / theirs)
+            }
+        };
+        row("sender, ours / replicon", &versus(smoothed, |f| f.0));
+        row(
+            "receiver, ours smoothed / replicon",
+            &versus(smoothed, |f| f.1),
+        );
+        row(
+            "receiver, ours without smoothing / replicon",
+            &versus(plain, |f| f.1),
+        );
         row("smoothing (smoothed - without)", &|n| {
             let (_, with, _) = figure(smoothed, executor, n);
             let (_, without, _) = figure(plain, executor, n);
